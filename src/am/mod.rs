@@ -1,0 +1,70 @@
+//! The `driftdb` table access method.
+//!
+//! Live rows are stored exactly as PostgreSQL's heap stores them: the routine below starts as a
+//! copy of heap's `TableAmRoutine` (scans, index fetches, MVCC, row locks, EvalPlanQual, TOAST,
+//! VACUUM, ANALYZE, parallel scans, bitmap scans are all heap's own code) and replaces only the
+//! callbacks driftdb has to see. Each replaced callback lives in the file named here, in the
+//! order of `tableam.h`:
+//!
+//! | callback                                   | file            | why                          |
+//! |--------------------------------------------|-----------------|------------------------------|
+//! | index_build_range_scan, index_validate_scan | `heap_swap.rs` | heap's code insists on heap's routine pointer |
+//! | relation_toast_am                          | `mod.rs`        | TOAST tables stay plain heap |
+//!
+//! Anything not listed is heap's callback, unchanged (decision record D1).
+use std::sync::OnceLock;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+mod heap_swap;
+
+/// The routine handed to PostgreSQL. It must live forever: the relcache keeps a pointer to it
+/// in every driftdb relation (`rd_tableam`).
+static ROUTINE: OnceLock<pg_sys::TableAmRoutine> = OnceLock::new();
+
+/// heap's own routine (a static inside the postgres binary).
+pub(crate) fn heap_routine() -> &'static pg_sys::TableAmRoutine {
+    // SAFETY: GetHeapamTableAmRoutine returns a pointer to a static const struct in the server
+    // binary; it is never null and lives for the whole process.
+    unsafe { &*pg_sys::GetHeapamTableAmRoutine() }
+}
+
+/// Build driftdb's routine: heap's, with driftdb's callbacks in place.
+pub fn routine() -> &'static pg_sys::TableAmRoutine {
+    ROUTINE.get_or_init(|| {
+        let mut r = *heap_routine();
+        r.index_build_range_scan = Some(heap_swap::index_build_range_scan);
+        r.index_validate_scan = Some(heap_swap::index_validate_scan);
+        r.relation_toast_am = Some(relation_toast_am);
+        r
+    })
+}
+
+/// Called from `_PG_init`: build the routine once, while nothing else is running.
+pub fn init() {
+    routine();
+}
+
+/// TOAST tables of driftdb tables are plain heap tables: out-of-line values are stored and
+/// read by heap's TOAST code, and their history is carried in the parent row's events.
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_toast_am(_rel: pg_sys::Relation) -> pg_sys::Oid {
+    pg_sys::HEAP_TABLE_AM_OID
+}
+
+/// The access-method handler PostgreSQL calls to get driftdb's callback table.
+#[pg_extern(sql = r#"
+CREATE FUNCTION driftdb.driftdb_am_handler(internal) RETURNS table_am_handler
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';
+COMMENT ON FUNCTION driftdb.driftdb_am_handler(internal) IS 'table access method handler for driftdb (system-versioned tables)';
+CREATE ACCESS METHOD driftdb TYPE TABLE HANDLER driftdb.driftdb_am_handler;
+COMMENT ON ACCESS METHOD driftdb IS 'system-versioned tables: heap storage for live rows, DriftDB events for history';
+"#)]
+fn driftdb_am_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::TableAmRoutine> {
+    // SAFETY: `routine()` is a 'static; PgBox::from_pg never frees what it wraps, and
+    // PostgreSQL only reads through this pointer.
+    unsafe {
+        PgBox::from_pg(routine() as *const pg_sys::TableAmRoutine as *mut pg_sys::TableAmRoutine)
+    }
+}
