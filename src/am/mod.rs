@@ -68,3 +68,47 @@ fn driftdb_am_handler(_fcinfo: pg_sys::FunctionCallInfo) -> PgBox<pg_sys::TableA
         PgBox::from_pg(routine() as *const pg_sys::TableAmRoutine as *mut pg_sys::TableAmRoutine)
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn routine_is_heap_with_driftdb_overrides() {
+        let heap = super::heap_routine();
+        let ours = super::routine();
+        // delegated: scans, fetches, locking, vacuum are heap's very functions
+        assert_eq!(ours.scan_getnextslot.map(|f| f as usize), heap.scan_getnextslot.map(|f| f as usize));
+        assert_eq!(ours.tuple_lock.map(|f| f as usize), heap.tuple_lock.map(|f| f as usize));
+        assert_eq!(ours.relation_vacuum.map(|f| f as usize), heap.relation_vacuum.map(|f| f as usize));
+        // wrapped: index builds and the TOAST AM
+        assert_ne!(
+            ours.index_build_range_scan.map(|f| f as usize),
+            heap.index_build_range_scan.map(|f| f as usize)
+        );
+        assert_ne!(ours.relation_toast_am.map(|f| f as usize), heap.relation_toast_am.map(|f| f as usize));
+    }
+
+    #[pg_test]
+    fn driftdb_table_round_trip_and_heap_toast() {
+        Spi::run("CREATE TABLE rt (id int PRIMARY KEY, v text) USING driftdb").unwrap();
+        Spi::run("INSERT INTO rt SELECT g, repeat('v', 3000) || g FROM generate_series(1, 50) g").unwrap();
+        Spi::run("CREATE INDEX rt_v ON rt (v)").unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM rt WHERE length(v) > 3000").unwrap();
+        assert_eq!(n, Some(50));
+        let am = Spi::get_one::<String>("SELECT amname::text FROM pg_am a JOIN pg_class c ON c.relam = a.oid WHERE c.relname = 'rt'").unwrap();
+        assert_eq!(am.as_deref(), Some("driftdb"));
+        let toast_am = Spi::get_one::<String>(
+            "SELECT a.amname::text FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid \
+             JOIN pg_am a ON a.oid = t.relam WHERE c.relname = 'rt'",
+        )
+        .unwrap();
+        assert_eq!(toast_am.as_deref(), Some("heap"));
+    }
+
+    #[pg_test(error = "relation \"nope\" does not exist")]
+    fn errors_are_errors_not_crashes() {
+        Spi::run("SELECT * FROM nope").unwrap();
+    }
+}

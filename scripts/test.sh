@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# test.sh — every driftdb test tier, in order, from a fresh machine or a warm one:
+#   1. core      pure-Rust unit tests of the storage core (cargo test -p driftdb-core)
+#   2. pg_test   #[pg_test] in-backend tests (cargo pgrx test)
+#   3. regress   SQL golden files (cargo pgrx regress, tests/pg_regress/)
+#   4. pytest    integration tests against throwaway clusters (tests/integration/)
+#   5. isolation PostgreSQL isolation specs for concurrency semantics (tests/isolation/)
+#   6. pgsuite   PostgreSQL's own regression suite, heap vs default_table_access_method=driftdb
+# Usage: scripts/test.sh [tier ...]   (default: all). Exits non-zero if any tier fails.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+set +e
+
+TIERS=("$@"); [ ${#TIERS[@]} -gt 0 ] || TIERS=(core pg_test regress pytest isolation pgsuite)
+LIBDIR=$($PG_CONFIG --pkglibdir)
+RUNAS=$(server_user)
+PGRX_RUNAS=(); [ "$(id -u)" = 0 ] && PGRX_RUNAS=(--runas "$RUNAS")
+
+install_deps || exit 1
+install_python || exit 1
+
+# cargo pgrx test/regress copy driftdb.so over the installed file in place; unlink it first so
+# that running servers (which have it mapped) are not disturbed.
+unlink_so() { $SUDO rm -f "$LIBDIR/driftdb.so"; }
+
+tier_core()    { (cd "$ROOT" && cargo test -p driftdb-core --quiet); }
+tier_pg_test() { unlink_so; (cd "$ROOT" && cargo pgrx test pg15 "${PGRX_RUNAS[@]}" --pgdata /tmp/driftdb-pgtest); }
+tier_regress() {
+  if [ "$(id -u)" = 0 ]; then
+    bash "$ROOT/tests/pg_regress/run.sh"      # same golden files, pg_regress as the server's user
+  else
+    unlink_so
+    (cd "$ROOT" && cargo pgrx regress pg15 --resetdb --postgresql-conf "shared_preload_libraries='driftdb'")
+  fi
+}
+tier_pytest()  { (cd "$ROOT" && "$VENV/bin/pytest" -q -p no:cacheprovider tests/integration); }
+tier_isolation() {
+  if [ -x "$ROOT/tests/isolation/run.sh" ]; then bash "$ROOT/tests/isolation/run.sh"; else echo "no isolation specs yet"; fi
+}
+tier_pgsuite() { bash "$ROOT/tests/pg_suite/run.sh"; }
+
+passed=(); failed=()
+for t in "${TIERS[@]}"; do
+  case "$t" in
+    pytest|isolation|pgsuite|regress)
+      # these run against the release build installed by build_and_install
+      [ -n "${_INSTALLED:-}" ] || { build_and_install || exit 1; _INSTALLED=1; } ;;
+    *) _INSTALLED= ;;
+  esac
+  log "tier: $t"
+  if "tier_$t"; then passed+=("$t"); else failed+=("$t"); log "tier $t FAILED"; fi
+done
+# leave the release build installed (pg_test/regress install a test build)
+[ -n "${_INSTALLED:-}" ] || build_and_install >/dev/null 2>&1
+
+echo
+echo "tiers passed: ${passed[*]:-none}"
+echo "tiers failed: ${failed[*]:-none}"
+echo "tiers: ${#passed[@]} passed, ${#failed[@]} failed"
+[ ${#failed[@]} -eq 0 ]
