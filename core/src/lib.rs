@@ -1,0 +1,26 @@
+//! driftdb-core — the pure-Rust storage core of driftdb (no PostgreSQL dependency).
+//!
+//! It defines what a committed change looks like and how it is stored and checked:
+//! `value`/`row` (the portable value model, keyed by attnum), `event` (one change),
+//! `frame` (the versioned, CRC-protected on-disk encoding, and canonical key bytes),
+//! `replay` (rebuilding and verifying a table from its history) and `txbuf` (the
+//! per-transaction change buffer the extension fills from its write callbacks).
+
+#![forbid(unsafe_code)]
+
+pub mod event;
+pub mod frame;
+pub mod replay;
+pub mod row;
+pub mod txbuf;
+pub mod value;
+
+pub use event::{ColumnDef, Event, Op, SchemaChange};
+pub use frame::{
+    check_frame, decode_frame, decode_key, encode_frame, encode_key, FrameError, FORMAT_VERSION,
+    HEADER_LEN, MAGIC,
+};
+pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
+pub use row::Row;
+pub use txbuf::{Endpoint, TableChanges, TxBuf, TxBufError};
+pub use value::Value;
