@@ -13,8 +13,11 @@ set -euo pipefail
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 OSUSER=${DRIFTDB_OS_USER:-postgres}
 
+# Servers get a clean environment for Rust: a RUST_BACKTRACE inherited from a cargo shell
+# would put backtraces into every error's DETAIL.
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then runuser -u "$OSUSER" -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then runuser -u "$OSUSER" -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"
+  else env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$@"; fi
 }
 
 cmd=${1:?usage: pgcluster.sh start|stop|status DATADIR [PORT] [conf...]}

@@ -1,6 +1,62 @@
 -- driftdb bootstrap: runs first in CREATE EXTENSION driftdb.
+--
 -- The extension's schema `driftdb` is created by CREATE EXTENSION (driftdb.control: schema).
 -- Everything driftdb stores for itself is an ordinary heap table in this schema, created
 -- `USING heap` explicitly so that `default_table_access_method = driftdb` never versions
--- driftdb's own bookkeeping.
+-- driftdb's own bookkeeping. These tables are extension configuration tables: pg_dump dumps
+-- their rows, so history survives dump/restore (see docs/architecture.md, D3 and D6).
+-- Nobody but driftdb writes them: direct writes are refused by trigger unless
+-- driftdb.restore_mode is on (pg_restore), and PUBLIC has no privileges on them.
 COMMENT ON SCHEMA driftdb IS 'driftdb: system-versioned tables (time travel, history, audit)';
+
+-- The commit sequence: one value per committed transaction that changed driftdb rows.
+CREATE SEQUENCE driftdb.commit_seq AS bigint MINVALUE 1 NO CYCLE;
+-- Stable table ids: events name tables by id, not by OID (OIDs change across dump/restore).
+CREATE SEQUENCE driftdb.table_id_seq AS integer MINVALUE 1 NO CYCLE;
+
+-- Versioned tables. `relid` is a regclass so that pg_dump writes it as a name and pg_restore
+-- maps it to the new OID.
+CREATE TABLE driftdb.tables (
+    table_id          integer PRIMARY KEY,
+    relid             regclass NOT NULL UNIQUE,
+    registered_seq    bigint NOT NULL,          -- seq of the first transaction recorded
+    history_start_seq bigint NOT NULL DEFAULT 0 -- history is complete after this seq (0: from creation)
+) USING heap;
+
+-- One row per committed transaction that changed driftdb rows: the audit trail.
+CREATE TABLE driftdb.commits (
+    seq              bigint PRIMARY KEY,
+    committed_at     timestamptz NOT NULL,
+    xid              xid8 NOT NULL,
+    committed_by     text NOT NULL,          -- current role at commit
+    session_user_name text NOT NULL,
+    application_name text NOT NULL,
+    table_ids        integer[] NOT NULL
+) USING heap;
+CREATE INDEX commits_committed_at ON driftdb.commits (committed_at);
+
+-- The events: one DriftDB frame per changed row (or per TRUNCATE / schema change) per
+-- transaction. `key` is the canonical encoding of the row's identity (NULL when it has none,
+-- e.g. TRUNCATE); `frame` is the CRC-protected, versioned, MessagePack event (format in
+-- docs/architecture.md).
+CREATE TABLE driftdb.events (
+    table_id integer NOT NULL,
+    seq      bigint NOT NULL,
+    ord      integer NOT NULL,       -- position within the transaction
+    op       "char" NOT NULL,        -- i u d t s (also inside the frame; here for filtering)
+    key      bytea,
+    frame    bytea NOT NULL,
+    PRIMARY KEY (table_id, seq, ord)
+) USING heap;
+CREATE INDEX events_key ON driftdb.events (table_id, key, seq);
+-- frames are already compact MessagePack: skip pglz and keep short rows inline
+ALTER TABLE driftdb.events ALTER COLUMN frame SET STORAGE EXTERNAL;
+
+SELECT pg_catalog.pg_extension_config_dump('driftdb.tables', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.commits', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.events', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.commit_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.table_id_seq', '');
+
+REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events FROM PUBLIC;
+REVOKE ALL ON SEQUENCE driftdb.commit_seq, driftdb.table_id_seq FROM PUBLIC;

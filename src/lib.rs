@@ -7,8 +7,10 @@
 //! (`driftdb_core`: frames, values, replay, the per-transaction change buffer).
 //!
 //! Module map:
+//! - [`api`]     — SQL-callable functions (verify, ...), thin shims.
 //! - [`am`]      — the `driftdb` table access method: heap's callback table with the callbacks
 //!                 driftdb must see (writes, truncate, index builds, TOAST) wrapped.
+//! - [`history`] — capture: the per-transaction change buffer, commit stamping, the codec.
 //! - [`preload`] — the shared_preload_libraries requirement and its error.
 //!
 //! See `docs/architecture.md` for the data flow, on-disk formats and decision records.
@@ -17,16 +19,20 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 pub mod am;
+pub mod api;
 pub mod error;
+pub mod history;
 pub mod preload;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/history.sql", name = "history", requires = ["bootstrap"]);
 
 /// Library entry point: PostgreSQL calls this once per process that loads driftdb.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     preload::require_preload();
     am::init();
+    history::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -9,6 +9,11 @@
 //! | callback                                   | file            | why                          |
 //! |--------------------------------------------|-----------------|------------------------------|
 //! | index_build_range_scan, index_validate_scan | `heap_swap.rs` | heap's code insists on heap's routine pointer |
+//! | tuple_insert, multi_insert                 | `write.rs`      | capture inserts              |
+//! | tuple_complete_speculative                 | `write.rs`      | capture ON CONFLICT inserts  |
+//! | tuple_delete, tuple_update                 | `write.rs`      | identity check, capture      |
+//! | relation_set_new_filenode                  | `write.rs`      | capture TRUNCATE             |
+//! | relation_nontransactional_truncate         | `write.rs`      | capture TRUNCATE             |
 //! | relation_toast_am                          | `mod.rs`        | TOAST tables stay plain heap |
 //!
 //! Anything not listed is heap's callback, unchanged (decision record D1).
@@ -18,6 +23,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 mod heap_swap;
+mod write;
 
 /// The routine handed to PostgreSQL. It must live forever: the relcache keeps a pointer to it
 /// in every driftdb relation (`rd_tableam`).
@@ -37,6 +43,13 @@ pub fn routine() -> &'static pg_sys::TableAmRoutine {
         r.index_build_range_scan = Some(heap_swap::index_build_range_scan);
         r.index_validate_scan = Some(heap_swap::index_validate_scan);
         r.relation_toast_am = Some(relation_toast_am);
+        r.tuple_insert = Some(write::tuple_insert);
+        r.multi_insert = Some(write::multi_insert);
+        r.tuple_complete_speculative = Some(write::tuple_complete_speculative);
+        r.tuple_delete = Some(write::tuple_delete);
+        r.tuple_update = Some(write::tuple_update);
+        r.relation_set_new_filenode = Some(write::relation_set_new_filenode);
+        r.relation_nontransactional_truncate = Some(write::relation_nontransactional_truncate);
         r
     })
 }

@@ -1,0 +1,65 @@
+//! DROP TABLE removes the dropped table's history (called by the `driftdb_drop_history`
+//! event trigger with the OIDs of the dropped tables).
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::history::catalog::Catalog;
+use crate::history::commit::lookup_table_id;
+
+/// Delete every row of driftdb table `table` whose first column (table_id) equals `id`,
+/// through index `index` whose first key column is that table_id.
+unsafe fn delete_where_table_id(table: pg_sys::Oid, index: pg_sys::Oid, id: i32) -> usize {
+    let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(id as usize));
+    let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let scan = pg_sys::systable_beginscan(rel, index, true, snap, 1, &mut key);
+    let mut n = 0;
+    loop {
+        let tup = pg_sys::systable_getnext(scan);
+        if tup.is_null() {
+            break;
+        }
+        pg_sys::simple_heap_delete(rel, &mut (*tup).t_self);
+        n += 1;
+    }
+    pg_sys::systable_endscan(scan);
+    pg_sys::UnregisterSnapshot(snap);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    n
+}
+
+/// Remove the history of tables that no longer exist. Tables that still exist are left alone,
+/// whoever calls this (EXECUTE is revoked from PUBLIC as well).
+#[pg_extern(name = "_forget_dropped_tables")]
+fn forget_dropped_tables(relids: Vec<pg_sys::Oid>) -> i64 {
+    let Some(cat) = Catalog::get() else { return 0 };
+    let mut removed = 0i64;
+    for relid in relids {
+        // SAFETY: syscache and catalog-style scans on driftdb's own tables.
+        unsafe {
+            let still_there = pg_sys::SearchSysCacheExists(
+                pg_sys::SysCacheIdentifier::RELOID as i32,
+                pg_sys::Datum::from(relid),
+                pg_sys::Datum::from(0usize),
+                pg_sys::Datum::from(0usize),
+                pg_sys::Datum::from(0usize),
+            );
+            if still_there {
+                continue;
+            }
+            if let Some(id) = lookup_table_id(&cat, relid) {
+                removed += delete_where_table_id(cat.events, cat.events_pkey, id) as i64;
+                // the registry row: found through its primary key (table_id)
+                delete_where_table_id(cat.tables, cat.tables_pkey, id);
+            }
+        }
+    }
+    removed
+}
+
+extension_sql!(
+    "REVOKE EXECUTE ON FUNCTION driftdb._forget_dropped_tables(oid[]) FROM PUBLIC;",
+    name = "revoke_forget",
+    requires = [forget_dropped_tables]
+);

@@ -1,0 +1,129 @@
+//! driftdb's own catalog: the OIDs of the objects in schema `driftdb` (looked up by name, per
+//! use: syscache lookups are cheap and OIDs change if the extension is dropped and re-created),
+//! and direct inserts into its tables.
+//!
+//! driftdb writes its tables with `CatalogTupleInsertWithInfo` (heap insert plus index
+//! entries, like PostgreSQL's own catalogs): no executor, no triggers — the guard triggers
+//! that refuse direct SQL writes do not fire for driftdb itself.
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::error::DriftError;
+
+/// OIDs of driftdb's objects in the current database.
+#[derive(Clone, Copy, Debug)]
+pub struct Catalog {
+    pub tables: pg_sys::Oid,
+    pub tables_pkey: pg_sys::Oid,
+    pub tables_relid_idx: pg_sys::Oid,
+    pub commits: pg_sys::Oid,
+    pub events: pg_sys::Oid,
+    pub events_pkey: pg_sys::Oid,
+    pub commit_seq: pg_sys::Oid,
+    pub table_id_seq: pg_sys::Oid,
+}
+
+fn relid(nsp: pg_sys::Oid, name: &str) -> pg_sys::Oid {
+    let c = CString::new(name).unwrap();
+    // SAFETY: syscache lookup with a valid C string.
+    unsafe { pg_sys::get_relname_relid(c.as_ptr(), nsp) }
+}
+
+impl Catalog {
+    /// Look the objects up; None if the extension is not installed in this database.
+    pub fn get() -> Option<Catalog> {
+        let nsp = CString::new("driftdb").unwrap();
+        // SAFETY: syscache lookup with a valid C string.
+        let nsp = unsafe { pg_sys::get_namespace_oid(nsp.as_ptr(), true) };
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        let c = Catalog {
+            tables: relid(nsp, "tables"),
+            tables_pkey: relid(nsp, "tables_pkey"),
+            tables_relid_idx: relid(nsp, "tables_relid_key"),
+            commits: relid(nsp, "commits"),
+            events: relid(nsp, "events"),
+            events_pkey: relid(nsp, "events_pkey"),
+            commit_seq: relid(nsp, "commit_seq"),
+            table_id_seq: relid(nsp, "table_id_seq"),
+        };
+        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.events, c.events_pkey, c.commit_seq, c.table_id_seq]
+            .contains(&pg_sys::InvalidOid)
+        {
+            return None;
+        }
+        Some(c)
+    }
+
+    /// Like `get`, but a clear ERROR when the extension is missing.
+    pub fn require() -> Catalog {
+        Catalog::get().unwrap_or_else(|| {
+            DriftError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                "the driftdb extension is not installed in this database",
+            )
+            .hint("Run CREATE EXTENSION driftdb.")
+            .raise()
+        })
+    }
+}
+
+extern "C-unwind" {
+    // commands/sequence.h; not in pgrx's bindings. Advances a sequence without a permission
+    // check (driftdb's sequences are not usable by PUBLIC).
+    fn nextval_internal(relid: pg_sys::Oid, check_permissions: bool) -> i64;
+}
+
+/// nextval() on one of driftdb's sequences.
+pub fn nextval(seq: pg_sys::Oid) -> i64 {
+    // SAFETY: nextval_internal is an exported backend function; the FFI boundary guard turns a
+    // PostgreSQL ERROR into a Rust panic that pgrx re-raises at the outer guard.
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| nextval_internal(seq, false)) }
+}
+
+/// An open driftdb table with its index state, for a batch of direct inserts.
+pub struct Writer {
+    rel: pg_sys::Relation,
+    indstate: pg_sys::CatalogIndexState,
+}
+
+impl Writer {
+    pub fn open(relid: pg_sys::Oid) -> Writer {
+        // SAFETY: relid is one of driftdb's tables; RowExclusiveLock as for any insert.
+        unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+            let indstate = pg_sys::CatalogOpenIndexes(rel);
+            Writer { rel, indstate }
+        }
+    }
+
+    /// Insert one row given as datums and null flags (in column order).
+    pub fn insert(&mut self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+        // SAFETY: values/nulls match the table's descriptor (callers build them column by
+        // column from the bootstrap.sql definitions); heap_form_tuple copies the data.
+        unsafe {
+            let tup = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::CatalogTupleInsertWithInfo(self.rel, tup, self.indstate);
+            pg_sys::heap_freetuple(tup);
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // While an ERROR unwinds, leave the relation and index references to the transaction
+        // abort (resource owners release them); calling back into PostgreSQL then could raise
+        // a second error mid-unwind.
+        if std::thread::panicking() {
+            return;
+        }
+        // SAFETY: rel and indstate were opened in `open` and are closed exactly once.
+        unsafe {
+            pg_sys::CatalogCloseIndexes(self.indstate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
+        }
+    }
+}

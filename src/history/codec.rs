@@ -1,0 +1,284 @@
+//! Datum → portable `Value` (driftdb_core::Value) for one column, and tuple → `Row`.
+//!
+//! Values are encoded by *meaning*, never as raw datum images: integers, floats, booleans,
+//! text (UTF-8), bytea, numeric (its text form), date/time types (PostgreSQL's integer
+//! representations, independent of DateStyle/TimeZone), interval, uuid, arrays (recursively,
+//! with bounds) and composites (recursively). Everything else — enums, json, inet, ranges,
+//! user-defined types — is the type's text output. This keeps history readable after
+//! pg_dump/restore into a cluster where type OIDs differ (decision record D4).
+//!
+//! Per-type decisions are cached per backend in `TYPE_CACHE` (type OID → `Kind`).
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+use driftdb_core::{Row, Value};
+use pgrx::pg_sys;
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Char,
+    Float4,
+    Float8,
+    Text,
+    Name,
+    Bytea,
+    Numeric,
+    Date,
+    Time,
+    TimeTz,
+    Timestamp,
+    TimestampTz,
+    Interval,
+    Uuid,
+    Array { elem: pg_sys::Oid, elmlen: i16, elmbyval: bool, elmalign: std::ffi::c_char },
+    Record,
+    /// Text output through the type's output function.
+    Output(pg_sys::Oid),
+}
+
+thread_local! {
+    static TYPE_CACHE: RefCell<HashMap<pg_sys::Oid, Kind>> = RefCell::new(HashMap::new());
+}
+
+fn kind_of(typid: pg_sys::Oid) -> Kind {
+    if let Some(k) = TYPE_CACHE.with(|c| c.borrow().get(&typid).cloned()) {
+        return k;
+    }
+    let k = compute_kind(typid);
+    TYPE_CACHE.with(|c| c.borrow_mut().insert(typid, k.clone()));
+    k
+}
+
+fn compute_kind(typid: pg_sys::Oid) -> Kind {
+    // SAFETY: plain syscache lookups on a valid type OID (it comes from a tuple descriptor).
+    let base = unsafe { pg_sys::getBaseType(typid) };
+    match base {
+        pg_sys::BOOLOID => Kind::Bool,
+        pg_sys::INT2OID => Kind::Int2,
+        pg_sys::INT4OID => Kind::Int4,
+        pg_sys::INT8OID => Kind::Int8,
+        pg_sys::OIDOID | pg_sys::XIDOID | pg_sys::CIDOID | pg_sys::REGCLASSOID => Kind::Oid,
+        pg_sys::CHAROID => Kind::Char,
+        pg_sys::FLOAT4OID => Kind::Float4,
+        pg_sys::FLOAT8OID => Kind::Float8,
+        pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID => Kind::Text,
+        pg_sys::NAMEOID => Kind::Name,
+        pg_sys::BYTEAOID => Kind::Bytea,
+        pg_sys::NUMERICOID => Kind::Numeric,
+        pg_sys::DATEOID => Kind::Date,
+        pg_sys::TIMEOID => Kind::Time,
+        pg_sys::TIMETZOID => Kind::TimeTz,
+        pg_sys::TIMESTAMPOID => Kind::Timestamp,
+        pg_sys::TIMESTAMPTZOID => Kind::TimestampTz,
+        pg_sys::INTERVALOID => Kind::Interval,
+        pg_sys::UUIDOID => Kind::Uuid,
+        _ => unsafe {
+            // SAFETY: syscache lookups on a valid type OID.
+            let elem = pg_sys::get_element_type(base);
+            if elem != pg_sys::InvalidOid {
+                let (mut elmlen, mut elmbyval, mut elmalign) = (0i16, false, 0 as std::ffi::c_char);
+                pg_sys::get_typlenbyvalalign(elem, &mut elmlen, &mut elmbyval, &mut elmalign);
+                return Kind::Array { elem, elmlen, elmbyval, elmalign };
+            }
+            if pg_sys::get_typtype(base) as u8 == b'c' || base == pg_sys::RECORDOID {
+                return Kind::Record;
+            }
+            let (mut out, mut varlena) = (pg_sys::InvalidOid, false);
+            pg_sys::getTypeOutputInfo(base, &mut out, &mut varlena);
+            Kind::Output(out)
+        },
+    }
+}
+
+/// Detoasted bytes of a varlena datum.
+///
+/// # Safety
+/// `d` must be a non-null varlena datum; the result borrows memory that lives at least as long
+/// as the current memory context.
+unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
+    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+    let len = pgrx::varsize_any_exhdr(v);
+    let data = pgrx::vardata_any(v) as *const u8;
+    std::slice::from_raw_parts(data, len)
+}
+
+/// Server-encoded text bytes → UTF-8 String.
+unsafe fn server_text(bytes: &[u8]) -> String {
+    if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 {
+        // the server validated these bytes as UTF-8 on input
+        String::from_utf8_unchecked(bytes.to_vec())
+    } else {
+        let p = pg_sys::pg_server_to_any(
+            bytes.as_ptr() as *const std::ffi::c_char,
+            bytes.len() as i32,
+            pg_sys::pg_enc::PG_UTF8 as i32,
+        );
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+unsafe fn cstring(p: *const std::ffi::c_char) -> String {
+    CStr::from_ptr(p).to_string_lossy().into_owned()
+}
+
+/// Encode one non-null datum of type `typid`.
+///
+/// # Safety
+/// `d` must be a valid datum of type `typid` (or of a domain over it).
+pub unsafe fn datum_to_value(d: pg_sys::Datum, typid: pg_sys::Oid) -> Value {
+    match kind_of(typid) {
+        Kind::Bool => Value::Bool(d.value() != 0),
+        Kind::Int2 => Value::Int(d.value() as i16 as i64),
+        Kind::Int4 => Value::Int(d.value() as i32 as i64),
+        Kind::Int8 => Value::Int(d.value() as i64),
+        Kind::Oid => Value::Int(d.value() as u32 as i64),
+        Kind::Char => Value::Int(d.value() as u8 as i64),
+        Kind::Float4 => Value::Float(f32::from_bits(d.value() as u32) as f64),
+        Kind::Float8 => Value::Float(f64::from_bits(d.value() as u64)),
+        Kind::Text => Value::Text(server_text(varlena_bytes(d))),
+        Kind::Name => Value::Text(server_text(CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())),
+        Kind::Bytea => Value::Bytes(varlena_bytes(d).to_vec()),
+        Kind::Numeric => {
+            let out = pgrx::direct_function_call_as_datum(pg_sys::numeric_out, &[Some(d)])
+                .expect("numeric_out returned NULL");
+            Value::Numeric(cstring(out.cast_mut_ptr()))
+        }
+        Kind::Date => Value::Date(d.value() as i32),
+        Kind::Time => Value::Time(d.value() as i64),
+        Kind::TimeTz => {
+            let t = &*(d.cast_mut_ptr::<pg_sys::TimeTzADT>());
+            Value::TimeTz(t.time, t.zone)
+        }
+        Kind::Timestamp => Value::Timestamp(d.value() as i64),
+        Kind::TimestampTz => Value::TimestampTz(d.value() as i64),
+        Kind::Interval => {
+            let i = &*(d.cast_mut_ptr::<pg_sys::Interval>());
+            Value::Interval { months: i.month, days: i.day, micros: i.time }
+        }
+        Kind::Uuid => {
+            // pg_uuid_t is 16 bytes, pass by reference
+            let mut u = [0u8; 16];
+            u.copy_from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16));
+            Value::Uuid(u)
+        }
+        Kind::Array { elem, elmlen, elmbyval, elmalign } => array_value(d, elem, elmlen, elmbyval, elmalign),
+        Kind::Record => record_value(d),
+        Kind::Output(out) => Value::Other(cstring(pg_sys::OidOutputFunctionCall(out, d))),
+    }
+}
+
+unsafe fn array_value(
+    d: pg_sys::Datum,
+    elem: pg_sys::Oid,
+    elmlen: i16,
+    elmbyval: bool,
+    elmalign: std::ffi::c_char,
+) -> Value {
+    let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let ndim = (*arr).ndim as usize;
+    // The dimension and lower-bound arrays follow the fixed ArrayType header (ARR_DIMS,
+    // ARR_LBOUND in array.h).
+    let dims_ptr = (arr as *const u8).add(std::mem::size_of::<pg_sys::ArrayType>()) as *const i32;
+    let dims = std::slice::from_raw_parts(dims_ptr, ndim).to_vec();
+    let lower = std::slice::from_raw_parts(dims_ptr.add(ndim), ndim).to_vec();
+    let mut values: *mut pg_sys::Datum = std::ptr::null_mut();
+    let mut nulls: *mut bool = std::ptr::null_mut();
+    let mut n: i32 = 0;
+    pg_sys::deconstruct_array(arr, elem, elmlen as i32, elmbyval, elmalign, &mut values, &mut nulls, &mut n);
+    let mut elems = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        if *nulls.add(i) {
+            elems.push(Value::Null);
+        } else {
+            elems.push(datum_to_value(*values.add(i), elem));
+        }
+    }
+    Value::Array { lower, dims, elems }
+}
+
+unsafe fn record_value(d: pg_sys::Datum) -> Value {
+    let hdr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+    let typid = pgrx::heap_tuple_header_get_type_id(hdr);
+    let typmod = pgrx::heap_tuple_header_get_typmod(hdr);
+    let tupdesc = pg_sys::lookup_rowtype_tupdesc(typid, typmod);
+    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+    tuple.t_len = pgrx::heap_tuple_header_get_datum_length(hdr) as u32;
+    tuple.t_data = hdr;
+    let natts = (*tupdesc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut nulls = vec![false; natts];
+    pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    let attrs = (*tupdesc).attrs.as_slice(natts);
+    let mut fields = Vec::with_capacity(natts);
+    for (i, a) in attrs.iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        fields.push(if nulls[i] { Value::Null } else { datum_to_value(values[i], a.atttypid) });
+    }
+    pg_sys::DecrTupleDescRefCount(tupdesc);
+    Value::Record(fields)
+}
+
+/// Encode the non-dropped columns of a deformed tuple as a Row keyed by attnum.
+///
+/// # Safety
+/// `values`/`nulls` must hold `natts` entries deformed with `tupdesc`.
+pub unsafe fn row_from_deformed(tupdesc: pg_sys::TupleDesc, values: &[pg_sys::Datum], nulls: &[bool]) -> Row {
+    let natts = (*tupdesc).natts as usize;
+    let attrs = (*tupdesc).attrs.as_slice(natts);
+    let mut cols = Vec::with_capacity(natts);
+    for (i, a) in attrs.iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        let v = if nulls[i] { Value::Null } else { datum_to_value(values[i], a.atttypid) };
+        cols.push(((i + 1) as u16, v));
+    }
+    Row(cols)
+}
+
+/// Encode a heap tuple of relation descriptor `tupdesc`.
+///
+/// # Safety
+/// `tuple` must be a valid heap tuple of `tupdesc`, pinned for the duration of the call.
+pub unsafe fn row_from_heap_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple) -> Row {
+    let natts = (*tupdesc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut nulls = vec![false; natts];
+    pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    row_from_deformed(tupdesc, &values, &nulls)
+}
+
+/// Encode the row in a slot (all attributes are fetched).
+///
+/// # Safety
+/// `slot` must be a valid, non-empty slot whose descriptor is `tupdesc`.
+pub unsafe fn row_from_slot(tupdesc: pg_sys::TupleDesc, slot: *mut pg_sys::TupleTableSlot) -> Row {
+    let natts = (*tupdesc).natts as usize;
+    pg_sys::slot_getsomeattrs_int(slot, natts as i32);
+    let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+    let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+    row_from_deformed(tupdesc, values, nulls)
+}
+
+/// The value a column added after a row was written reads as for that row: its "missing"
+/// value (ALTER TABLE ADD COLUMN ... DEFAULT with a non-volatile default), else NULL.
+///
+/// # Safety
+/// `tupdesc` must be a valid relation descriptor and `attnum` in range.
+pub unsafe fn missing_value(tupdesc: pg_sys::TupleDesc, attnum: u16) -> Value {
+    let mut isnull = false;
+    let d = pg_sys::getmissingattr(tupdesc, attnum as i32, &mut isnull);
+    if isnull {
+        return Value::Null;
+    }
+    let a = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attnum as usize - 1];
+    datum_to_value(d, a.atttypid)
+}

@@ -1,0 +1,340 @@
+//! Commit stamping: at `XACT_EVENT_PRE_COMMIT` the transaction's net changes become events.
+//!
+//! 1. Drain the change buffer: one `(orig, cur)` lineage per touched row.
+//! 2. Read both row versions from the heap by TID (SnapshotAny: the old version is deleted by
+//!    this very transaction, so nothing can have pruned it) and encode them.
+//! 3. Net effect: insert, update (skipped when nothing changed), delete; TRUNCATE first.
+//! 4. Nothing left → no seq, nothing written. Otherwise take the seq and commit timestamp
+//!    (below) and write the frames into `driftdb.events` and one row into `driftdb.commits`.
+//!
+//! Seq and timestamp (decision record D4): under a short exclusive lock (the *allocation
+//! lock*) the transaction draws `nextval(driftdb.commit_seq)` and reads the clock, then takes
+//! a *seq lock* on its own seq, held until the transaction has fully ended (PostgreSQL releases
+//! locks after the commit is visible), and releases the allocation lock. Seqs and timestamps
+//! are therefore assigned in the same order; commits are not serialized (group commit and
+//! fsync overlap as usual). A reader that needs every seq ≤ N settled (AS OF N) waits on the
+//! seq locks of the gaps it sees.
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr};
+
+use driftdb_core::{encode_frame, encode_key, Endpoint, Event, Op, Row, TableChanges, Value};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgMemoryContexts;
+
+use super::capture::{unpack_tid, TXBUF};
+use super::catalog::{nextval, Catalog, Writer};
+use super::codec;
+use super::identity::{self, Identity};
+use crate::error::DriftError;
+
+pub fn register_callbacks() {
+    // SAFETY: registering process-lifetime callbacks from _PG_init (postmaster, preload).
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+thread_local! {
+    /// Set when the change buffer's subtransaction bookkeeping went wrong: the transaction
+    /// must not commit history it cannot vouch for.
+    static POISONED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn reset() {
+    TXBUF.with(|b| b.borrow_mut().clear());
+    POISONED.with(|p| p.set(false));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT => flush(),
+        XACT_EVENT_PRE_PREPARE => {
+            if super::capture::pending() {
+                DriftError::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "cannot PREPARE a transaction that changed driftdb tables",
+                )
+                .detail("driftdb stamps history at commit; COMMIT PREPARED offers no point to do that.")
+                .hint("Commit the transaction directly, or keep driftdb writes out of two-phase transactions.")
+                .raise();
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT
+        | XACT_EVENT_PREPARE => reset(),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    let result = TXBUF.with(|b| {
+        let mut b = b.borrow_mut();
+        match event {
+            SUBXACT_EVENT_START_SUB => {
+                b.begin_sub();
+                Ok(())
+            }
+            SUBXACT_EVENT_COMMIT_SUB => b.commit_sub(),
+            SUBXACT_EVENT_ABORT_SUB => b.abort_sub(),
+            _ => Ok(()),
+        }
+    });
+    if let Err(e) = result {
+        // never raise from (sub)abort processing; refuse the commit instead
+        POISONED.with(|p| p.set(true));
+        pgrx::warning!("driftdb: change buffer lost track of subtransactions: {e}");
+    }
+}
+
+/// One change ready to be written, before the seq is known.
+struct Pending {
+    rel: pg_sys::Oid,
+    op: Op,
+    key: Option<Vec<Value>>,
+    old_key: Option<Vec<Value>>,
+    old: Option<Row>,
+    new: Option<Row>,
+}
+
+/// Read a row version by TID, or take the image resolved earlier.
+unsafe fn materialize(rel: pg_sys::Relation, e: Endpoint) -> Row {
+    match e {
+        Endpoint::Image(row) => row,
+        Endpoint::Handle(h) => {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            tuple.t_self = unpack_tid(h);
+            let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+            let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotAnyData);
+            if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buf, true) {
+                if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+                    pg_sys::ReleaseBuffer(buf);
+                }
+                let name = pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string();
+                DriftError::new(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!("driftdb: a row version of \"{name}\" changed by this transaction is gone (TID {h:#x})"),
+                )
+                .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
+                .raise();
+            }
+            let row = codec::row_from_heap_tuple((*rel).rd_att, &mut tuple);
+            pg_sys::ReleaseBuffer(buf);
+            row
+        }
+    }
+}
+
+fn key_of(ident: &Identity, row: &Row) -> Option<Vec<Value>> {
+    match ident {
+        Identity::Key(attnums) => Some(row.project(attnums)),
+        Identity::Full => Some(row.0.iter().map(|(_, v)| v.clone()).collect()),
+        Identity::None => None,
+    }
+}
+
+unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
+    pg_sys::SearchSysCacheExists(
+        pg_sys::SysCacheIdentifier::RELOID as i32,
+        pg_sys::Datum::from(relid),
+        pg_sys::Datum::from(0usize),
+        pg_sys::Datum::from(0usize),
+        pg_sys::Datum::from(0usize),
+    )
+}
+
+/// Reduce one table's lineages to pending events.
+unsafe fn table_events(tc: TableChanges, out: &mut Vec<Pending>, scratch: &mut PgMemoryContexts) {
+    let relid = pg_sys::Oid::from(tc.rel);
+    if !rel_exists(relid) {
+        return; // dropped later in this same transaction: no history to keep
+    }
+    let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+    let ident = identity::of(rel);
+    if tc.truncated {
+        out.push(Pending { rel: relid, op: Op::Truncate, key: None, old_key: None, old: None, new: None });
+    }
+    for (orig, cur) in tc.lineages {
+        let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
+        scratch.reset();
+        let p = match (old, new) {
+            (None, Some(new)) => Pending { rel: relid, op: Op::Insert, key: key_of(&ident, &new), old_key: None, old: None, new: Some(new) },
+            (Some(old), None) => Pending { rel: relid, op: Op::Delete, key: key_of(&ident, &old), old_key: None, old: Some(old), new: None },
+            (Some(old), Some(new)) => {
+                if old == new {
+                    continue; // an UPDATE that changed nothing adds no version
+                }
+                let key = key_of(&ident, &new);
+                let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
+                Pending { rel: relid, op: Op::Update, key, old_key, old: Some(old), new: Some(new) }
+            }
+            (None, None) => continue,
+        };
+        out.push(p);
+    }
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+}
+
+/// Draw the next seq and the commit timestamp, in one order (see the module comment).
+unsafe fn stamp(cat: &Catalog) -> (i64, i64) {
+    let lock = pg_sys::ExclusiveLock as i32;
+    pg_sys::LockDatabaseObject(cat.commits, pg_sys::Oid::from(0u32), 0, lock);
+    let seq = nextval(cat.commit_seq);
+    let ts = pg_sys::GetCurrentTimestamp();
+    let (objid, subid) = seq_lock_tag(seq);
+    pg_sys::LockDatabaseObject(cat.commits, objid, subid, lock);
+    pg_sys::UnlockDatabaseObject(cat.commits, pg_sys::Oid::from(0u32), 0, lock);
+    (seq, ts)
+}
+
+/// The lock tag of seq N's seq lock: low 32 bits as object id, next 16 as sub-id (seq ≥ 1,
+/// so it never collides with the allocation lock's (0, 0)).
+pub fn seq_lock_tag(seq: i64) -> (pg_sys::Oid, u16) {
+    (pg_sys::Oid::from(seq as u32), (seq >> 32) as u16)
+}
+
+/// The table id of `relid`, registering the table on its first recorded change.
+unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64) -> i32 {
+    if let Some(id) = lookup_table_id(cat, relid) {
+        return id;
+    }
+    // Two first writers of one table: the second waits here until the first has committed
+    // (or aborted) and then finds its registration.
+    pg_sys::LockDatabaseObject(cat.tables, relid, 0, pg_sys::ExclusiveLock as i32);
+    if let Some(id) = lookup_table_id(cat, relid) {
+        return id;
+    }
+    let id = nextval(cat.table_id_seq) as i32;
+    let mut w = Writer::open(cat.tables);
+    let mut values = [id.into_datum().unwrap(), pg_sys::Datum::from(relid), seq.into_datum().unwrap(), 0i64.into_datum().unwrap()];
+    w.insert(&mut values, &mut [false; 4]);
+    id
+}
+
+/// Find the registration of `relid` in driftdb.tables (latest snapshot: sees concurrent
+/// commits and this transaction's earlier commands).
+pub unsafe fn lookup_table_id(cat: &Catalog, relid: pg_sys::Oid) -> Option<i32> {
+    let rel = pg_sys::table_open(cat.tables, pg_sys::AccessShareLock as i32);
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    // systable scan keys name *heap* columns: relid is column 2 of driftdb.tables
+    pg_sys::ScanKeyInit(&mut key, 2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_OIDEQ), pg_sys::Datum::from(relid));
+    let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let scan = pg_sys::systable_beginscan(rel, cat.tables_relid_idx, true, snap, 1, &mut key);
+    let tup = pg_sys::systable_getnext(scan);
+    let id = if tup.is_null() {
+        None
+    } else {
+        let mut isnull = false;
+        let d = pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull);
+        Some(d.value() as i32)
+    };
+    pg_sys::systable_endscan(scan);
+    pg_sys::UnregisterSnapshot(snap);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    id
+}
+
+unsafe fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// Pre-commit: write this transaction's history.
+unsafe fn flush() {
+    if POISONED.with(|p| p.get()) {
+        DriftError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "driftdb cannot record this transaction's history")
+            .detail("The change buffer lost track of subtransactions (see the WARNING above).")
+            .hint("This is a driftdb bug; the transaction was aborted so that history stays exact.")
+            .raise();
+    }
+    let changes = TXBUF.with(|b| b.borrow_mut().drain());
+    if changes.is_empty() {
+        return;
+    }
+    let Some(cat) = Catalog::get() else {
+        return; // the extension (and with it every driftdb table) was dropped in this transaction
+    };
+    let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
+    let mut pending = Vec::new();
+    for tc in changes {
+        table_events(tc, &mut pending, &mut scratch);
+    }
+    if pending.is_empty() {
+        return; // net effect nothing: no seq
+    }
+    let (seq, ts) = stamp(&cat);
+
+    let mut ids: HashMap<pg_sys::Oid, i32> = HashMap::new();
+    let mut table_ids: Vec<i32> = Vec::new();
+    for p in &pending {
+        if !ids.contains_key(&p.rel) {
+            let id = table_id(&cat, p.rel, seq);
+            ids.insert(p.rel, id);
+            table_ids.push(id);
+        }
+    }
+
+    let mut w = Writer::open(cat.events);
+    for (ord, p) in pending.into_iter().enumerate() {
+        let id = ids[&p.rel];
+        let key_bytes = p.key.as_ref().map(|k| encode_key(k));
+        let op_char = match p.op {
+            Op::Insert => b'i',
+            Op::Update => b'u',
+            Op::Delete => b'd',
+            Op::Truncate => b't',
+            Op::Schema => b's',
+        };
+        let ev = Event {
+            seq: seq as u64,
+            committed_at: ts,
+            table_id: id as u32,
+            op: p.op,
+            key: p.key,
+            old_key: p.old_key,
+            old: p.old,
+            new: p.new,
+            schema: None,
+        };
+        let frame = encode_frame(&ev);
+        let mut values = [
+            id.into_datum().unwrap(),
+            seq.into_datum().unwrap(),
+            (ord as i32).into_datum().unwrap(),
+            pg_sys::Datum::from(op_char as usize),
+            key_bytes.as_deref().map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+            frame.as_slice().into_datum().unwrap(),
+        ];
+        let mut nulls = [false, false, false, false, key_bytes.is_none(), false];
+        w.insert(&mut values, &mut nulls);
+    }
+    drop(w);
+
+    let xid = pg_sys::GetTopFullTransactionId().value;
+    let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));
+    let session_user = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true));
+    let app = cstr_or_empty(pg_sys::application_name);
+    let mut c = Writer::open(cat.commits);
+    let mut values = [
+        seq.into_datum().unwrap(),
+        pg_sys::Datum::from(ts as usize),
+        pg_sys::Datum::from(xid as usize),
+        committed_by.into_datum().unwrap(),
+        session_user.into_datum().unwrap(),
+        app.into_datum().unwrap(),
+        table_ids.into_datum().unwrap(),
+    ];
+    c.insert(&mut values, &mut [false; 7]);
+}
