@@ -11,6 +11,7 @@
 //! - [`am`]      — the `driftdb` table access method: heap's callback table with the callbacks
 //!                 driftdb must see (writes, truncate, index builds, TOAST) wrapped.
 //! - [`history`] — capture: the per-transaction change buffer, commit stamping, the codec.
+//! - [`hooks`]   — PostgreSQL hooks (ProcessUtility: ALTER TABLE and history).
 //! - [`preload`] — the shared_preload_libraries requirement and its error.
 //!
 //! See `docs/architecture.md` for the data flow, on-disk formats and decision records.
@@ -22,6 +23,7 @@ pub mod am;
 pub mod api;
 pub mod error;
 pub mod history;
+pub mod hooks;
 pub mod preload;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
@@ -33,6 +35,7 @@ pub extern "C-unwind" fn _PG_init() {
     preload::require_preload();
     am::init();
     history::init();
+    hooks::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

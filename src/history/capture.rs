@@ -6,14 +6,54 @@
 //! the hot path of every write: a few field reads and a hash-table operation.
 use std::cell::RefCell;
 
-use driftdb_core::TxBuf;
+use driftdb_core::{SchemaChange, TxBuf};
 use pgrx::pg_sys;
 
 use super::RESTORE_MODE;
 
+/// A schema change to record with this transaction (ALTER TABLE, SET ACCESS METHOD).
+pub(crate) struct SchemaNote {
+    /// Subtransaction nesting level that made it: dropped if that subtransaction aborts.
+    pub level: i32,
+    pub rel: u32,
+    pub change: SchemaChange,
+    /// The table's history starts with this transaction (converted with SET ACCESS METHOD).
+    pub baseline: bool,
+}
+
 thread_local! {
     /// The current top-level transaction's changes. Emptied at commit and abort.
     pub(crate) static TXBUF: RefCell<TxBuf> = RefCell::new(TxBuf::new());
+    /// The current top-level transaction's schema changes to driftdb tables, in order.
+    pub(crate) static SCHEMA_NOTES: RefCell<Vec<SchemaNote>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn note_schema(rel: u32, change: SchemaChange, baseline: bool) {
+    // SAFETY: reads the backend's transaction nesting level.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    SCHEMA_NOTES.with(|n| n.borrow_mut().push(SchemaNote { level, rel, change, baseline }));
+}
+
+/// Subtransaction end: notes of an aborted subtransaction go; a committed one's belong to its
+/// parent from now on.
+pub fn notes_end_sub(level: i32, committed: bool) {
+    SCHEMA_NOTES.with(|n| {
+        let mut n = n.borrow_mut();
+        if committed {
+            n.iter_mut().filter(|x| x.level >= level).for_each(|x| x.level = level - 1);
+        } else {
+            n.retain(|x| x.level < level);
+        }
+    });
+}
+
+/// Replace this transaction's buffered TIDs of `rel` by row images (before a rewrite).
+///
+/// # Safety
+/// `rel` must be open, and locked by this transaction's earlier writes.
+pub unsafe fn resolve(rel: pg_sys::Relation) {
+    let relid = (*rel).rd_id.to_u32();
+    TXBUF.with(|b| b.borrow_mut().resolve_rel(relid, |h| super::commit::fetch_row(rel, h)));
 }
 
 /// Pack a heap TID into a handle: block number in the high bits, line pointer in the low 16.
@@ -95,7 +135,7 @@ pub fn on_truncate(rel: pg_sys::Relation) {
 
 /// Has this transaction changed driftdb rows that are not yet written as events?
 pub fn pending() -> bool {
-    TXBUF.with(|b| !b.borrow().is_empty())
+    TXBUF.with(|b| !b.borrow().is_empty()) || SCHEMA_NOTES.with(|n| !n.borrow().is_empty())
 }
 
 /// Does the buffer hold TIDs of this relation? (Before a rewrite they must be resolved.)

@@ -22,7 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
-use super::capture::{unpack_tid, TXBUF};
+use super::capture::{notes_end_sub, unpack_tid, SCHEMA_NOTES, TXBUF};
 use super::catalog::{nextval, Catalog, Writer};
 use super::codec;
 use super::identity::{self, Identity};
@@ -44,6 +44,7 @@ thread_local! {
 
 fn reset() {
     TXBUF.with(|b| b.borrow_mut().clear());
+    SCHEMA_NOTES.with(|n| n.borrow_mut().clear());
     POISONED.with(|p| p.set(false));
 }
 
@@ -89,6 +90,11 @@ unsafe extern "C-unwind" fn subxact_callback(
             _ => Ok(()),
         }
     });
+    match event {
+        SUBXACT_EVENT_COMMIT_SUB => notes_end_sub(pg_sys::GetCurrentTransactionNestLevel(), true),
+        SUBXACT_EVENT_ABORT_SUB => notes_end_sub(pg_sys::GetCurrentTransactionNestLevel(), false),
+        _ => {}
+    }
     if let Err(e) = result {
         // never raise from (sub)abort processing; refuse the commit instead
         POISONED.with(|p| p.set(true));
@@ -100,6 +106,7 @@ unsafe extern "C-unwind" fn subxact_callback(
 struct Pending {
     rel: pg_sys::Oid,
     op: Op,
+    schema: Option<driftdb_core::SchemaChange>,
     key: Option<Vec<Value>>,
     old_key: Option<Vec<Value>>,
     old: Option<Row>,
@@ -110,28 +117,35 @@ struct Pending {
 unsafe fn materialize(rel: pg_sys::Relation, e: Endpoint) -> Row {
     match e {
         Endpoint::Image(row) => row,
-        Endpoint::Handle(h) => {
-            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-            tuple.t_self = unpack_tid(h);
-            let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
-            let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotAnyData);
-            if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buf, true) {
-                if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
-                    pg_sys::ReleaseBuffer(buf);
-                }
-                let name = pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string();
-                DriftError::new(
-                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    format!("driftdb: a row version of \"{name}\" changed by this transaction is gone (TID {h:#x})"),
-                )
-                .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
-                .raise();
-            }
-            let row = codec::row_from_heap_tuple((*rel).rd_att, &mut tuple);
-            pg_sys::ReleaseBuffer(buf);
-            row
-        }
+        Endpoint::Handle(h) => fetch_row(rel, h),
     }
+}
+
+/// Read the row version at handle `h` (a packed TID) of `rel`, whatever its visibility.
+///
+/// # Safety
+/// `rel` must be open; the version must still exist (this transaction wrote or deleted it).
+pub unsafe fn fetch_row(rel: pg_sys::Relation, h: u64) -> Row {
+    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+    tuple.t_self = unpack_tid(h);
+    let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+    let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotAnyData);
+    if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buf, true) {
+        if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            pg_sys::ReleaseBuffer(buf);
+        }
+        let name = pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string();
+        DriftError::new(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("driftdb: a row version of \"{name}\" changed by this transaction is gone (TID {h:#x})"),
+        )
+        .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
+        .raise();
+    }
+    // heap_fetch left the buffer pinned: the tuple's bytes stay put while we encode them
+    let row = codec::row_from_heap_tuple((*rel).rd_att, &mut tuple);
+    pg_sys::ReleaseBuffer(buf);
+    row
 }
 
 fn key_of(ident: &Identity, row: &Row) -> Option<Vec<Value>> {
@@ -153,29 +167,38 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
 }
 
 /// Reduce one table's lineages to pending events.
-unsafe fn table_events(tc: TableChanges, out: &mut Vec<Pending>, scratch: &mut PgMemoryContexts) {
+unsafe fn table_events(
+    tc: TableChanges,
+    notes: Vec<driftdb_core::SchemaChange>,
+    out: &mut Vec<Pending>,
+    scratch: &mut PgMemoryContexts,
+) {
     let relid = pg_sys::Oid::from(tc.rel);
     if !rel_exists(relid) {
         return; // dropped later in this same transaction: no history to keep
     }
+    // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
+    for change in notes {
+        out.push(Pending { rel: relid, op: Op::Schema, schema: Some(change), key: None, old_key: None, old: None, new: None });
+    }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
     if tc.truncated {
-        out.push(Pending { rel: relid, op: Op::Truncate, key: None, old_key: None, old: None, new: None });
+        out.push(Pending { rel: relid, op: Op::Truncate, schema: None, key: None, old_key: None, old: None, new: None });
     }
     for (orig, cur) in tc.lineages {
         let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
         scratch.reset();
         let p = match (old, new) {
-            (None, Some(new)) => Pending { rel: relid, op: Op::Insert, key: key_of(&ident, &new), old_key: None, old: None, new: Some(new) },
-            (Some(old), None) => Pending { rel: relid, op: Op::Delete, key: key_of(&ident, &old), old_key: None, old: Some(old), new: None },
+            (None, Some(new)) => Pending { rel: relid, op: Op::Insert, schema: None, key: key_of(&ident, &new), old_key: None, old: None, new: Some(new) },
+            (Some(old), None) => Pending { rel: relid, op: Op::Delete, schema: None, key: key_of(&ident, &old), old_key: None, old: Some(old), new: None },
             (Some(old), Some(new)) => {
                 if old == new {
                     continue; // an UPDATE that changed nothing adds no version
                 }
                 let key = key_of(&ident, &new);
                 let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
-                Pending { rel: relid, op: Op::Update, key, old_key, old: Some(old), new: Some(new) }
+                Pending { rel: relid, op: Op::Update, schema: None, key, old_key, old: Some(old), new: Some(new) }
             }
             (None, None) => continue,
         };
@@ -203,7 +226,7 @@ pub fn seq_lock_tag(seq: i64) -> (pg_sys::Oid, u16) {
 }
 
 /// The table id of `relid`, registering the table on its first recorded change.
-unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64) -> i32 {
+unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) -> i32 {
     if let Some(id) = lookup_table_id(cat, relid) {
         return id;
     }
@@ -215,7 +238,10 @@ unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64) -> i32 {
     }
     let id = nextval(cat.table_id_seq) as i32;
     let mut w = Writer::open(cat.tables);
-    let mut values = [id.into_datum().unwrap(), pg_sys::Datum::from(relid), seq.into_datum().unwrap(), 0i64.into_datum().unwrap()];
+    // history_start_seq: 0 = complete since the table was created; a converted table's history
+    // starts with the conversion
+    let start = if baseline { seq } else { 0 };
+    let mut values = [id.into_datum().unwrap(), pg_sys::Datum::from(relid), seq.into_datum().unwrap(), start.into_datum().unwrap()];
     w.insert(&mut values, &mut [false; 4]);
     id
 }
@@ -259,17 +285,27 @@ unsafe fn flush() {
             .hint("This is a driftdb bug; the transaction was aborted so that history stays exact.")
             .raise();
     }
-    let changes = TXBUF.with(|b| b.borrow_mut().drain());
-    if changes.is_empty() {
+    let mut changes = TXBUF.with(|b| b.borrow_mut().drain());
+    let notes: Vec<_> = SCHEMA_NOTES.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    if changes.is_empty() && notes.is_empty() {
         return;
     }
+    // tables with only schema changes get an (empty) entry so that their notes are written
+    for n in &notes {
+        if !changes.iter().any(|c| c.rel == n.rel) {
+            changes.push(TableChanges { rel: n.rel, truncated: false, lineages: Vec::new() });
+        }
+    }
+    let baselines: Vec<u32> = notes.iter().filter(|n| n.baseline).map(|n| n.rel).collect();
     let Some(cat) = Catalog::get() else {
         return; // the extension (and with it every driftdb table) was dropped in this transaction
     };
     let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
     let mut pending = Vec::new();
+    let mut notes = notes;
     for tc in changes {
-        table_events(tc, &mut pending, &mut scratch);
+        let mine: Vec<_> = notes.extract_if(.., |n| n.rel == tc.rel).map(|n| n.change).collect();
+        table_events(tc, mine, &mut pending, &mut scratch);
     }
     if pending.is_empty() {
         return; // net effect nothing: no seq
@@ -280,7 +316,7 @@ unsafe fn flush() {
     let mut table_ids: Vec<i32> = Vec::new();
     for p in &pending {
         if !ids.contains_key(&p.rel) {
-            let id = table_id(&cat, p.rel, seq);
+            let id = table_id(&cat, p.rel, seq, baselines.contains(&p.rel.to_u32()));
             ids.insert(p.rel, id);
             table_ids.push(id);
         }
@@ -306,7 +342,7 @@ unsafe fn flush() {
             old_key: p.old_key,
             old: p.old,
             new: p.new,
-            schema: None,
+            schema: p.schema,
         };
         let frame = encode_frame(&ev);
         let mut values = [

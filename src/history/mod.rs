@@ -13,6 +13,7 @@ pub mod capture;
 pub mod catalog;
 pub mod codec;
 pub mod commit;
+pub mod ddl;
 pub mod identity;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
