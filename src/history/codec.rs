@@ -282,3 +282,66 @@ pub unsafe fn missing_value(tupdesc: pg_sys::TupleDesc, attnum: u16) -> Value {
     let a = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize)[attnum as usize - 1];
     datum_to_value(d, a.atttypid)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use driftdb_core::Value;
+    use pgrx::pg_sys;
+    use pgrx::prelude::*;
+
+    /// Encode the single column of `SELECT <expr>` through the codec.
+    fn encode(expr: &str) -> Value {
+        Spi::connect(|client| {
+            let table = client.select(&format!("SELECT {expr}"), None, &[]).unwrap();
+            let row = table.first();
+            let typid = row.column_type_oid(1).unwrap().value();
+            let d: Option<pg_sys::Datum> = row.get_datum_by_ordinal(1).unwrap();
+            // SAFETY: the datum comes from SPI with its own type OID.
+            unsafe { super::datum_to_value(d.expect("not null"), typid) }
+        })
+    }
+
+    #[pg_test]
+    fn scalars_encode_by_meaning() {
+        assert_eq!(encode("true"), Value::Bool(true));
+        assert_eq!(encode("42::int2"), Value::Int(42));
+        assert_eq!(encode("-7::int4"), Value::Int(-7));
+        assert_eq!(encode("9007199254740993::int8"), Value::Int(9007199254740993));
+        assert_eq!(encode("1.5::float4"), Value::Float(1.5));
+        assert_eq!(encode("'NaN'::float8"), Value::Float(f64::NAN));
+        assert_eq!(encode("'héllo'::text"), Value::Text("héllo".into()));
+        assert_eq!(encode("'ab '::char(4)"), Value::Text("ab  ".into()));
+        assert_eq!(encode("'\\x00ff'::bytea"), Value::Bytes(vec![0, 255]));
+        assert_eq!(encode("12.3400::numeric"), Value::Numeric("12.3400".into()));
+        assert_eq!(encode("'2000-01-02'::date"), Value::Date(1));
+        assert_eq!(encode("'2000-01-01 00:00:01'::timestamp"), Value::Timestamp(1_000_000));
+        assert_eq!(encode("'1 mon 2 days 3 s'::interval"), Value::Interval { months: 1, days: 2, micros: 3_000_000 });
+        let mut u = [0u8; 16];
+        u[15] = 1;
+        assert_eq!(encode("'00000000-0000-0000-0000-000000000001'::uuid"), Value::Uuid(u));
+    }
+
+    #[pg_test]
+    fn timestamptz_does_not_depend_on_timezone() {
+        Spi::run("SET TimeZone = 'America/New_York'").unwrap();
+        let a = encode("'2026-01-15 10:00:00+00'::timestamptz");
+        Spi::run("SET TimeZone = 'Asia/Tokyo'").unwrap();
+        let b = encode("'2026-01-15 10:00:00+00'::timestamptz");
+        assert_eq!(a, b);
+    }
+
+    #[pg_test]
+    fn arrays_records_enums_and_domains() {
+        assert_eq!(
+            encode("'[0:1]={1,NULL}'::int4[]"),
+            Value::Array { lower: vec![0], dims: vec![2], elems: vec![Value::Int(1), Value::Null] }
+        );
+        Spi::run("CREATE TYPE mood AS ENUM ('sad', 'happy')").unwrap();
+        assert_eq!(encode("'happy'::mood"), Value::Other("happy".into()));
+        Spi::run("CREATE DOMAIN posint AS int CHECK (VALUE > 0)").unwrap();
+        assert_eq!(encode("5::posint"), Value::Int(5));
+        assert_eq!(encode("ROW(1, 'x'::text)"), Value::Record(vec![Value::Int(1), Value::Text("x".into())]));
+        assert_eq!(encode("'{\"a\": 1}'::jsonb"), Value::Other("{\"a\": 1}".into()));
+    }
+}
