@@ -75,6 +75,10 @@ pub struct ColumnDef {
     pub type_name: String,
     pub typmod: i32,
     pub dropped: bool,
+    /// The value rows written before the column was added read for it (ADD COLUMN with a
+    /// constant DEFAULT); None = NULL. Recorded because PostgreSQL forgets it when a later
+    /// rewrite (VACUUM FULL, CLUSTER) stores the value in every row.
+    pub missing: Option<crate::value::Value>,
 }
 
 /// Payload of an `Op::Schema` event: what happened and the table's columns afterwards.

@@ -338,6 +338,7 @@ mod tests {
                             type_name: "bigint".into(),
                             typmod: -1,
                             dropped: false,
+                            missing: Some(Value::Int(7)),
                         },
                         ColumnDef {
                             attnum: 2,
@@ -345,6 +346,7 @@ mod tests {
                             type_name: "character varying(10)".into(),
                             typmod: 14,
                             dropped: true,
+                            missing: None,
                         },
                     ],
                 });

@@ -508,6 +508,23 @@ mod tests {
     }
 }
 
+/// Rows written before a column was added read it as its recorded "missing" value: give the
+/// row that value (rows that already carry the column are left alone).
+pub fn fill_missing(row: &mut Row, change: &crate::event::SchemaChange) {
+    let mut added = false;
+    for c in &change.columns {
+        if let (false, Some(v)) = (c.dropped, &c.missing) {
+            if row.get(c.attnum).is_none() {
+                row.0.push((c.attnum, v.clone()));
+                added = true;
+            }
+        }
+    }
+    if added {
+        row.0.sort_by_key(|c| c.0);
+    }
+}
+
 /// Replay by row images under a caller-chosen identity.
 ///
 /// The doctor replays a table's whole history and compares it with the live rows. The key
@@ -596,7 +613,13 @@ impl ImageReplay {
                 self.rows.clear();
                 self.len = 0;
             }
-            Op::Schema => {}
+            Op::Schema => {
+                if let Some(change) = &e.schema {
+                    for row in self.rows.values_mut().flatten() {
+                        fill_missing(row, change);
+                    }
+                }
+            }
         }
         self.last_seq = Some(seq);
         Ok(())
@@ -639,6 +662,38 @@ mod image_replay_tests {
         s.apply(&ev(3, Op::Delete, Some(row(2, "b")), None)).unwrap();
         let rows: Vec<Row> = s.into_rows().collect();
         assert_eq!(rows, vec![row(1, "a2")]);
+    }
+
+    #[test]
+    fn a_schema_event_gives_older_rows_the_added_columns_missing_value() {
+        use crate::event::{ColumnDef, SchemaChange};
+        let mut s = ImageReplay::new(Some(vec![1]));
+        s.apply(&ev(1, Op::Insert, None, Some(row(1, "a")))).unwrap();
+        let mut schema = ev(2, Op::Schema, None, None);
+        let col = |attnum: u16, missing: Option<Value>| ColumnDef {
+            attnum,
+            name: format!("c{attnum}"),
+            type_name: "integer".into(),
+            typmod: -1,
+            dropped: false,
+            missing,
+        };
+        schema.schema = Some(SchemaChange {
+            description: "ADD COLUMN".into(),
+            columns: vec![col(1, None), col(2, None), col(3, Some(Value::Int(0)))],
+        });
+        s.apply(&schema).unwrap();
+        // a later row carries its own value and is not overwritten
+        let mut later = row(2, "b");
+        later.0.push((3, Value::Int(5)));
+        s.apply(&ev(3, Op::Insert, None, Some(later.clone()))).unwrap();
+        schema.seq = 4; // a later ALTER TABLE lists the column again: applying it is idempotent
+        s.apply(&schema).unwrap();
+        let mut rows: Vec<Row> = s.into_rows().collect();
+        rows.sort_by_key(|r| format!("{:?}", r.0));
+        let mut first = row(1, "a");
+        first.0.push((3, Value::Int(0)));
+        assert_eq!(rows, vec![first, later]);
     }
 
     #[test]

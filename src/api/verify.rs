@@ -140,7 +140,8 @@ fn verify(
         let live = live_rows(rel, snapshot);
         let nlive = live.len();
         let replayed: Vec<Row> = replay.into_rows().map(|r| current_shape(tupdesc, &live_attnums, r)).collect();
-        let (only_history, only_table) = multiset_diff(replayed, live);
+        // multiset_diff(a, b) returns (rows of b missing in a, rows of a missing in b)
+        let (only_table, only_history) = multiset_diff(replayed, live);
         report.push(if only_history.is_empty() && only_table.is_empty() && replay_err.is_none() {
             ("live".into(), true, format!("history replayed to now equals the live table ({nlive} rows)"))
         } else {

@@ -21,6 +21,7 @@ use pgrx::prelude::*;
 
 use super::capture;
 use super::catalog::Catalog;
+use super::codec;
 use super::commit::lookup_table_id;
 use crate::error::DriftError;
 
@@ -177,7 +178,7 @@ unsafe fn table_has_rows(rel: pg_sys::Relation) -> bool {
     any
 }
 
-unsafe fn column_defs(cols: &[Col]) -> Vec<ColumnDef> {
+unsafe fn column_defs(rel: pg_sys::Relation, cols: &[Col]) -> Vec<ColumnDef> {
     cols.iter()
         .map(|c| ColumnDef {
             attnum: c.attnum,
@@ -185,12 +186,17 @@ unsafe fn column_defs(cols: &[Col]) -> Vec<ColumnDef> {
             type_name: if c.dropped { String::new() } else { type_name(c.typid, c.typmod) },
             typmod: c.typmod,
             dropped: c.dropped,
+            // the value older rows read for the column; recorded now, because a later rewrite
+            // makes PostgreSQL forget it
+            missing: (c.hasmissing && !c.dropped)
+                .then(|| codec::missing_value((*rel).rd_att, c.attnum))
+                .filter(|v| !v.is_null()),
         })
         .collect()
 }
 
 unsafe fn note_columns(rel: pg_sys::Relation, cols: &[Col], description: &str) {
-    let change = SchemaChange { description: description.to_string(), columns: column_defs(cols) };
+    let change = SchemaChange { description: description.to_string(), columns: column_defs(rel, cols) };
     capture::note_schema((*rel).rd_id.to_u32(), change, false);
 }
 
@@ -198,7 +204,7 @@ unsafe fn note_columns(rel: pg_sys::Relation, cols: &[Col], description: &str) {
 unsafe fn baseline(rel: pg_sys::Relation, name: &str, cols: &[Col]) {
     let change = SchemaChange {
         description: format!("SET ACCESS METHOD driftdb: history of \"{name}\" starts here; earlier states are unknown"),
-        columns: column_defs(cols),
+        columns: column_defs(rel, cols),
     };
     capture::note_schema((*rel).rd_id.to_u32(), change, true);
     pg_sys::CommandCounterIncrement();

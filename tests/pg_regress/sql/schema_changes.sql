@@ -1,0 +1,28 @@
+-- History across ALTER TABLE.
+CREATE TABLE converted (id int PRIMARY KEY, v text) USING heap;
+INSERT INTO converted SELECT g, 'v' || g FROM generate_series(1, 3) g;
+ALTER TABLE converted SET ACCESS METHOD driftdb;     -- existing rows become the first versions
+SELECT registered_seq = history_start_seq AS history_starts_at_conversion
+  FROM driftdb.tables WHERE relid = 'converted'::regclass;
+UPDATE converted SET v = 'changed' WHERE id = 1;
+ALTER TABLE converted ADD COLUMN qty int DEFAULT 0;  -- constant default: fine
+ALTER TABLE converted RENAME COLUMN v TO label;
+ALTER TABLE converted ADD COLUMN note text;
+ALTER TABLE converted DROP COLUMN note;
+UPDATE converted SET qty = 5 WHERE id = 2;
+VACUUM FULL converted;
+CLUSTER converted USING legacy_pkey;
+SELECT * FROM converted ORDER BY id;
+SELECT * FROM driftdb.verify('converted');
+SELECT op, count(*) FROM driftdb.events e JOIN driftdb.tables t USING (table_id)
+ WHERE t.relid = 'converted'::regclass GROUP BY op ORDER BY op;
+
+-- refused: these would make history wrong
+ALTER TABLE converted ALTER COLUMN qty TYPE bigint;
+ALTER TABLE converted ADD COLUMN r float8 DEFAULT random();
+ALTER TABLE converted SET ACCESS METHOD heap;
+
+-- DROP TABLE takes its history along
+SELECT count(*) > 0 AS has_events FROM driftdb.events e JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'converted'::regclass;
+DROP TABLE converted;
+SELECT count(*) AS orphan_events FROM driftdb.events e LEFT JOIN driftdb.tables t USING (table_id) WHERE t.table_id IS NULL;
