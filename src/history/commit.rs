@@ -33,6 +33,7 @@ pub fn register_callbacks() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize));
     }
 }
 
@@ -40,6 +41,34 @@ thread_local! {
     /// Set when the change buffer's subtransaction bookkeeping went wrong: the transaction
     /// must not commit history it cannot vouch for.
     static POISONED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// relid → table_id of registrations this backend has seen. An entry is dropped when the
+    /// relation's relcache entry is invalidated (DROP TABLE, so a reused OID never maps to an
+    /// old id); entries made by the current transaction are dropped if it aborts.
+    static TABLE_IDS: std::cell::RefCell<HashMap<pg_sys::Oid, (i32, bool)>> = std::cell::RefCell::new(HashMap::new());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    TABLE_IDS.with(|c| {
+        let mut c = c.borrow_mut();
+        if relid == pg_sys::InvalidOid {
+            c.clear();
+        } else {
+            c.remove(&relid);
+        }
+    });
+}
+
+/// Transaction end: keep registrations that committed, forget ones that did not.
+fn settle_table_ids(committed: bool) {
+    TABLE_IDS.with(|c| {
+        let mut c = c.borrow_mut();
+        if committed {
+            c.values_mut().for_each(|e| e.1 = true);
+        } else {
+            c.retain(|_, e| e.1);
+        }
+    });
 }
 
 fn reset() {
@@ -64,8 +93,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 .raise();
             }
         }
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT
-        | XACT_EVENT_PREPARE => reset(),
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            settle_table_ids(true);
+            reset()
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            settle_table_ids(false);
+            reset()
+        }
         _ => {}
     }
 }
@@ -227,6 +262,15 @@ pub fn seq_lock_tag(seq: i64) -> (pg_sys::Oid, u16) {
 
 /// The table id of `relid`, registering the table on its first recorded change.
 unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) -> i32 {
+    if let Some((id, _)) = TABLE_IDS.with(|c| c.borrow().get(&relid).copied()) {
+        return id;
+    }
+    let id = register(cat, relid, seq, baseline);
+    TABLE_IDS.with(|c| c.borrow_mut().insert(relid, (id, false)));
+    id
+}
+
+unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) -> i32 {
     if let Some(id) = lookup_table_id(cat, relid) {
         return id;
     }
