@@ -43,7 +43,8 @@ CREATE TABLE driftdb.events (
     table_id integer NOT NULL,
     seq      bigint NOT NULL,
     ord      integer NOT NULL,       -- position within the transaction
-    op       "char" NOT NULL,        -- i u d t s (also inside the frame; here for filtering)
+    op       "char" NOT NULL,        -- i u d t s (as in the frame), or m: moved-key marker
+                                     -- (an update that changed the key, filed under the old key)
     key      bytea,
     frame    bytea NOT NULL,
     PRIMARY KEY (table_id, seq, ord)

@@ -389,16 +389,26 @@ unsafe fn flush() {
             schema: p.schema,
         };
         let frame = encode_frame(&ev);
-        let mut values = [
-            id.into_datum().unwrap(),
-            seq.into_datum().unwrap(),
-            (ord as i32).into_datum().unwrap(),
-            pg_sys::Datum::from(op_char as usize),
-            key_bytes.as_deref().map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
-            frame.as_slice().into_datum().unwrap(),
-        ];
-        let mut nulls = [false, false, false, false, key_bytes.is_none(), false];
-        w.insert(&mut values, &mut nulls);
+        // An update that changed the row's identity is stored under the new key; a marker
+        // row ('m', same frame) under the old key lets lookups by the old key see that the
+        // row moved away at this seq. Replay skips markers.
+        let moved_from = ev.old_key.as_ref().map(|k| encode_key(k));
+        let rows = [(op_char, key_bytes.as_deref()), (b'm', moved_from.as_deref())];
+        for (i, (op, key)) in rows.into_iter().enumerate() {
+            if i == 1 && key.is_none() {
+                break;
+            }
+            let mut values = [
+                id.into_datum().unwrap(),
+                seq.into_datum().unwrap(),
+                (2 * ord as i32 + i as i32).into_datum().unwrap(),
+                pg_sys::Datum::from(op as usize),
+                key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+                frame.as_slice().into_datum().unwrap(),
+            ];
+            let mut nulls = [false, false, false, false, key.is_none(), false];
+            w.insert(&mut values, &mut nulls);
+        }
     }
     drop(w);
 
