@@ -2,11 +2,7 @@
 -- Every function is schema-qualified throughout and pins its search_path, so it behaves the
 -- same under any caller's search_path.
 
--- The newest committed seq visible to the caller (0 when nothing was recorded yet).
-CREATE FUNCTION driftdb.current_seq() RETURNS bigint
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ SELECT COALESCE(pg_catalog.max(seq), 0) FROM driftdb.commits $$;
-COMMENT ON FUNCTION driftdb.current_seq() IS 'newest committed driftdb commit sequence number (0 if none)';
+-- driftdb.current_seq() is defined in src/history/settle.rs (it waits for in-flight seqs).
 
 -- The newest seq committed at or before a time (0 if none): the state AS OF that time.
 CREATE FUNCTION driftdb.seq_at(at timestamptz) RETURNS bigint

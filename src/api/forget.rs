@@ -12,7 +12,7 @@ unsafe fn delete_where_table_id(table: pg_sys::Oid, index: pg_sys::Oid, id: i32)
     let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
     pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(id as usize));
-    let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
     let scan = pg_sys::systable_beginscan(rel, index, true, snap, 1, &mut key);
     let mut n = 0;
     loop {
@@ -24,7 +24,6 @@ unsafe fn delete_where_table_id(table: pg_sys::Oid, index: pg_sys::Oid, id: i32)
         n += 1;
     }
     pg_sys::systable_endscan(scan);
-    pg_sys::UnregisterSnapshot(snap);
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     n
 }

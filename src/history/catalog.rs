@@ -19,6 +19,7 @@ pub struct Catalog {
     pub tables_pkey: pg_sys::Oid,
     pub tables_relid_idx: pg_sys::Oid,
     pub commits: pg_sys::Oid,
+    pub commits_pkey: pg_sys::Oid,
     pub events: pg_sys::Oid,
     pub events_pkey: pg_sys::Oid,
     pub commit_seq: pg_sys::Oid,
@@ -45,12 +46,13 @@ impl Catalog {
             tables_pkey: relid(nsp, "tables_pkey"),
             tables_relid_idx: relid(nsp, "tables_relid_key"),
             commits: relid(nsp, "commits"),
+            commits_pkey: relid(nsp, "commits_pkey"),
             events: relid(nsp, "events"),
             events_pkey: relid(nsp, "events_pkey"),
             commit_seq: relid(nsp, "commit_seq"),
             table_id_seq: relid(nsp, "table_id_seq"),
         };
-        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.events, c.events_pkey, c.commit_seq, c.table_id_seq]
+        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.commit_seq, c.table_id_seq]
             .contains(&pg_sys::InvalidOid)
         {
             return None;

@@ -290,14 +290,15 @@ unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
     id
 }
 
-/// Find the registration of `relid` in driftdb.tables (latest snapshot: sees concurrent
-/// commits and this transaction's earlier commands).
+/// Find the registration of `relid` in driftdb.tables. SnapshotSelf: the latest committed
+/// state plus this transaction's own rows, without MVCC predicate locks (a SERIALIZABLE
+/// transaction must not conflict with others over driftdb's registry).
 pub unsafe fn lookup_table_id(cat: &Catalog, relid: pg_sys::Oid) -> Option<i32> {
     let rel = pg_sys::table_open(cat.tables, pg_sys::AccessShareLock as i32);
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
     // systable scan keys name *heap* columns: relid is column 2 of driftdb.tables
     pg_sys::ScanKeyInit(&mut key, 2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_OIDEQ), pg_sys::Datum::from(relid));
-    let snap = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
     let scan = pg_sys::systable_beginscan(rel, cat.tables_relid_idx, true, snap, 1, &mut key);
     let tup = pg_sys::systable_getnext(scan);
     let id = if tup.is_null() {
@@ -308,7 +309,6 @@ pub unsafe fn lookup_table_id(cat: &Catalog, relid: pg_sys::Oid) -> Option<i32> 
         Some(d.value() as i32)
     };
     pg_sys::systable_endscan(scan);
-    pg_sys::UnregisterSnapshot(snap);
     pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
     id
 }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod commit;
 pub mod ddl;
 pub mod identity;
+pub mod settle;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 

@@ -1,0 +1,116 @@
+//! Settled seqs: making "everything up to seq N" a stable notion.
+//!
+//! Seqs are drawn at pre-commit (D4), so a transaction with a higher seq can become visible
+//! before one with a lower seq that is still finishing its commit. A reader that asks "what is
+//! the newest seq?" must not be told N while some seq below N may still appear — a change feed
+//! reading `seq > last_seen` would skip it, and AS OF N would not be repeatable.
+//!
+//! `settled_seq()` returns the newest seq N such that every seq ≤ N is settled (committed or
+//! rolled back), waiting for the few that are in flight:
+//! 1. take the allocation lock in share mode: every seq drawn so far now has its seq lock held
+//!    by its transaction (or that transaction has ended); read the sequence's last value L;
+//! 2. a seq still in flight is one of the newest `MaxBackends` drawn (each backend holds at
+//!    most one): for each seq in that window with no visible commit row, wait on its seq lock;
+//! 3. every seq ≤ L is now settled: return the newest committed one.
+//! Commit rows are read with SnapshotSelf (latest committed state; no predicate locks, so
+//! SERIALIZABLE readers do not conflict with writers over driftdb's bookkeeping).
+use std::collections::HashSet;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::catalog::Catalog;
+use super::commit::seq_lock_tag;
+
+/// Committed seqs in `(lo, hi]`.
+unsafe fn committed_seqs(cat: &Catalog, lo: i64, hi: i64) -> HashSet<i64> {
+    let rel = pg_sys::table_open(cat.commits, pg_sys::AccessShareLock as i32);
+    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8GT), pg_sys::Datum::from(lo as usize));
+    pg_sys::ScanKeyInit(&mut keys[1], 1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8LE), pg_sys::Datum::from(hi as usize));
+    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
+    let scan = pg_sys::systable_beginscan(rel, cat.commits_pkey, true, snap, 2, keys.as_mut_ptr());
+    let mut out = HashSet::new();
+    loop {
+        let tup = pg_sys::systable_getnext(scan);
+        if tup.is_null() {
+            break;
+        }
+        let mut isnull = false;
+        out.insert(pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull).value() as i64);
+    }
+    pg_sys::systable_endscan(scan);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    out
+}
+
+/// The sequence's last drawn value (0 if none was drawn yet).
+unsafe fn last_drawn(cat: &Catalog) -> i64 {
+    pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[cat.commit_seq.into_datum()]).unwrap_or(0)
+}
+
+/// The newest seq at or below which every seq is settled (see the module comment).
+pub fn settled_seq(cat: &Catalog) -> i64 {
+    // SAFETY: heavyweight lock calls and catalog-style reads of driftdb's own tables.
+    unsafe {
+        let share = pg_sys::ShareLock as i32;
+        pg_sys::LockDatabaseObject(cat.commits, pg_sys::Oid::from(0u32), 0, share);
+        let last = last_drawn(cat);
+        pg_sys::UnlockDatabaseObject(cat.commits, pg_sys::Oid::from(0u32), 0, share);
+        if last == 0 {
+            return 0;
+        }
+        let lo = (last - pg_sys::MaxBackends as i64).max(0);
+        let seen = committed_seqs(cat, lo, last);
+        for s in (lo + 1)..=last {
+            if !seen.contains(&s) {
+                let (objid, subid) = seq_lock_tag(s);
+                pg_sys::LockDatabaseObject(cat.commits, objid, subid, share);
+                pg_sys::UnlockDatabaseObject(cat.commits, objid, subid, share);
+            }
+        }
+        let seen = committed_seqs(cat, lo, last);
+        match seen.iter().max() {
+            Some(&m) => m,
+            None => newest_committed_at_most(cat, lo),
+        }
+    }
+}
+
+/// The newest committed seq ≤ `hi` (all of them are settled: used below the in-flight window).
+unsafe fn newest_committed_at_most(cat: &Catalog, hi: i64) -> i64 {
+    let rel = pg_sys::table_open(cat.commits, pg_sys::AccessShareLock as i32);
+    let idx = pg_sys::index_open(cat.commits_pkey, pg_sys::AccessShareLock as i32);
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8LE), pg_sys::Datum::from(hi as usize));
+    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
+    let scan = pg_sys::systable_beginscan_ordered(rel, idx, snap, 1, &mut key);
+    let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
+    let mut isnull = false;
+    let seq = if tup.is_null() { 0 } else { pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull).value() as i64 };
+    pg_sys::systable_endscan_ordered(scan);
+    pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    seq
+}
+
+/// `driftdb._settled_seq()`: called by `driftdb.current_seq()` (SECURITY DEFINER: reading the
+/// commit sequence needs privileges PUBLIC does not have).
+#[pg_extern(name = "_settled_seq", volatile)]
+fn settled_seq_sql() -> i64 {
+    settled_seq(&Catalog::require())
+}
+
+extension_sql!(
+    r#"
+REVOKE EXECUTE ON FUNCTION driftdb._settled_seq() FROM PUBLIC;
+-- The newest committed seq such that no lower seq can still appear (waits briefly for
+-- transactions that drew a lower seq and are finishing their commit); 0 if none yet.
+CREATE FUNCTION driftdb.current_seq() RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT driftdb._settled_seq() $$;
+COMMENT ON FUNCTION driftdb.current_seq() IS 'newest committed driftdb commit seq with every lower seq settled (0 if none)';
+"#,
+    name = "current_seq",
+    requires = [settled_seq_sql]
+);
