@@ -99,6 +99,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             settle_table_ids(false);
+            crate::hooks::utility::reset();
             reset()
         }
         _ => {}
@@ -346,11 +347,15 @@ unsafe fn flush() {
     };
     let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
     let mut pending = Vec::new();
+    // Reading row images may detoast out-of-line values, which needs an active snapshot. The
+    // versions read are pinned by TID, so any snapshot serves; abort pops it on error.
+    pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
     let mut notes = notes;
     for tc in changes {
         let mine: Vec<_> = notes.extract_if(.., |n| n.rel == tc.rel).map(|n| n.change).collect();
         table_events(tc, mine, &mut pending, &mut scratch);
     }
+    pg_sys::PopActiveSnapshot();
     if pending.is_empty() {
         return; // net effect nothing: no seq
     }
