@@ -3,28 +3,19 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::history::catalog::Catalog;
+use crate::history::catalog::{self, Catalog, Order};
 use crate::history::commit::lookup_table_id;
 
 /// Delete every row of driftdb table `table` whose first column (table_id) equals `id`,
 /// through index `index` whose first key column is that table_id.
 unsafe fn delete_where_table_id(table: pg_sys::Oid, index: pg_sys::Oid, id: i32) -> usize {
-    let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-    pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(id as usize));
-    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
-    let scan = pg_sys::systable_beginscan(rel, index, true, snap, 1, &mut key);
     let mut n = 0;
-    loop {
-        let tup = pg_sys::systable_getnext(scan);
-        if tup.is_null() {
-            break;
-        }
+    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(id as usize))];
+    catalog::scan(table, index, &keys, catalog::snapshot_self(), Order::Any, pg_sys::RowExclusiveLock, |tup, rel| {
         pg_sys::simple_heap_delete(rel, &mut (*tup).t_self);
         n += 1;
-    }
-    pg_sys::systable_endscan(scan);
-    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        true
+    });
     n
 }
 

@@ -14,36 +14,24 @@ use pgrx::prelude::*;
 use pgrx::PgRelation;
 
 use super::{require_driftdb_table, require_owner};
-use crate::history::catalog::Catalog;
+use crate::history::catalog::{self, Catalog, Order};
 use crate::history::codec;
 use crate::history::commit::lookup_table_id;
 use crate::history::identity::{self, Identity};
 
 /// Every event row of table `id` in (seq, ord) order: seq, ord, op and frame bytes.
 unsafe fn scan_events(cat: &Catalog, id: i32, snapshot: pg_sys::Snapshot, mut f: impl FnMut(i64, i32, u8, &[u8])) {
-    let rel = pg_sys::table_open(cat.events, pg_sys::AccessShareLock as i32);
-    let idx = pg_sys::index_open(cat.events_pkey, pg_sys::AccessShareLock as i32);
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-    pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(id as usize));
-    let scan = pg_sys::systable_beginscan_ordered(rel, idx, snapshot, 1, &mut key);
-    let desc = (*rel).rd_att;
-    loop {
-        let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
-        if tup.is_null() {
-            break;
-        }
-        let mut isnull = false;
-        let seq = pg_sys::heap_getattr(tup, 2, desc, &mut isnull).value() as i64;
-        let ord = pg_sys::heap_getattr(tup, 3, desc, &mut isnull).value() as i32;
-        let op = pg_sys::heap_getattr(tup, 4, desc, &mut isnull).value() as u8;
-        let frame = pg_sys::heap_getattr(tup, 6, desc, &mut isnull);
+    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(id as usize))];
+    catalog::scan(cat.events, cat.events_pkey, &keys, snapshot, Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
+        let seq = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
+        let ord = catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32);
+        let op = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as u8);
+        let frame = catalog::attr(tup, rel, 6).expect("frame is NOT NULL");
         let v = pg_sys::pg_detoast_datum_packed(frame.cast_mut_ptr());
         let bytes = std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v));
         f(seq, ord, op, bytes);
-    }
-    pg_sys::systable_endscan_ordered(scan);
-    pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        true
+    });
 }
 
 /// The live rows of `rel`, encoded, in the table's current shape.

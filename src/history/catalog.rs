@@ -129,3 +129,78 @@ impl Drop for Writer {
         }
     }
 }
+
+/// How a catalog-style scan reads: in index order (forward/backward), or in any order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Any,
+    Forward,
+    Backward,
+}
+
+/// Scan driftdb table `table` through index `index` with btree scan keys on heap columns
+/// (`(attnum, strategy, proc, value)`), calling `f` with each tuple and the table's descriptor
+/// until it returns false. The relation, index and scan are closed before returning.
+///
+/// # Safety
+/// `snapshot` must stay valid for the call; the tuple passed to `f` is valid only during `f`.
+pub unsafe fn scan(
+    table: pg_sys::Oid,
+    index: pg_sys::Oid,
+    keys: &[(i16, u16, u32, pg_sys::Datum)],
+    snapshot: pg_sys::Snapshot,
+    order: Order,
+    lockmode: u32,
+    mut f: impl FnMut(pg_sys::HeapTuple, pg_sys::Relation) -> bool,
+) {
+    let rel = pg_sys::table_open(table, lockmode as i32);
+    let mut skeys: Vec<pg_sys::ScanKeyData> = vec![std::mem::zeroed(); keys.len()];
+    for (sk, &(attnum, strategy, proc_, value)) in skeys.iter_mut().zip(keys) {
+        pg_sys::ScanKeyInit(sk, attnum, strategy, pg_sys::Oid::from(proc_), value);
+    }
+    let nkeys = skeys.len() as i32;
+    if order == Order::Any {
+        let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, nkeys, skeys.as_mut_ptr());
+        loop {
+            let tup = pg_sys::systable_getnext(scan);
+            if tup.is_null() || !f(tup, rel) {
+                break;
+            }
+        }
+        pg_sys::systable_endscan(scan);
+    } else {
+        let dir = if order == Order::Forward {
+            pg_sys::ScanDirection::ForwardScanDirection
+        } else {
+            pg_sys::ScanDirection::BackwardScanDirection
+        };
+        let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
+        let scan = pg_sys::systable_beginscan_ordered(rel, idx, snapshot, nkeys, skeys.as_mut_ptr());
+        loop {
+            let tup = pg_sys::systable_getnext_ordered(scan, dir);
+            if tup.is_null() || !f(tup, rel) {
+                break;
+            }
+        }
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+    }
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+}
+
+/// Column `attnum` of a tuple of `rel` as a datum (None if NULL).
+///
+/// # Safety
+/// `tup` must be a valid tuple of `rel`.
+pub unsafe fn attr(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, attnum: i32) -> Option<pg_sys::Datum> {
+    let mut isnull = false;
+    let d = pg_sys::heap_getattr(tup, attnum, (*rel).rd_att, &mut isnull);
+    (!isnull).then_some(d)
+}
+
+/// SnapshotSelf: the latest committed state plus this transaction's own rows, taking no MVCC
+/// predicate locks (driftdb's bookkeeping must not make SERIALIZABLE transactions conflict).
+pub fn snapshot_self() -> pg_sys::Snapshot {
+    // Taking the address of PostgreSQL's static SnapshotSelfData (never written through).
+    std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData)
+}

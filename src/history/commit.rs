@@ -23,7 +23,7 @@ use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use super::capture::{notes_end_sub, unpack_tid, SCHEMA_NOTES, TXBUF};
-use super::catalog::{nextval, Catalog, Writer};
+use super::catalog::{self, nextval, Catalog, Order, Writer};
 use super::codec;
 use super::identity::{self, Identity};
 use crate::error::DriftError;
@@ -295,22 +295,13 @@ unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
 /// state plus this transaction's own rows, without MVCC predicate locks (a SERIALIZABLE
 /// transaction must not conflict with others over driftdb's registry).
 pub unsafe fn lookup_table_id(cat: &Catalog, relid: pg_sys::Oid) -> Option<i32> {
-    let rel = pg_sys::table_open(cat.tables, pg_sys::AccessShareLock as i32);
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-    // systable scan keys name *heap* columns: relid is column 2 of driftdb.tables
-    pg_sys::ScanKeyInit(&mut key, 2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_OIDEQ), pg_sys::Datum::from(relid));
-    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
-    let scan = pg_sys::systable_beginscan(rel, cat.tables_relid_idx, true, snap, 1, &mut key);
-    let tup = pg_sys::systable_getnext(scan);
-    let id = if tup.is_null() {
-        None
-    } else {
-        let mut isnull = false;
-        let d = pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull);
-        Some(d.value() as i32)
-    };
-    pg_sys::systable_endscan(scan);
-    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    let mut id = None;
+    // scan keys name heap columns: relid is column 2 of driftdb.tables
+    let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
+    catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+        id = catalog::attr(tup, rel, 1).map(|d| d.value() as i32);
+        false
+    });
     id
 }
 

@@ -19,28 +19,20 @@ use std::collections::HashSet;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::catalog::Catalog;
+use super::catalog::{self, Catalog, Order};
 use super::commit::seq_lock_tag;
 
 /// Committed seqs in `(lo, hi]`.
 unsafe fn committed_seqs(cat: &Catalog, lo: i64, hi: i64) -> HashSet<i64> {
-    let rel = pg_sys::table_open(cat.commits, pg_sys::AccessShareLock as i32);
-    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-    pg_sys::ScanKeyInit(&mut keys[0], 1, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8GT), pg_sys::Datum::from(lo as usize));
-    pg_sys::ScanKeyInit(&mut keys[1], 1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8LE), pg_sys::Datum::from(hi as usize));
-    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
-    let scan = pg_sys::systable_beginscan(rel, cat.commits_pkey, true, snap, 2, keys.as_mut_ptr());
     let mut out = HashSet::new();
-    loop {
-        let tup = pg_sys::systable_getnext(scan);
-        if tup.is_null() {
-            break;
-        }
-        let mut isnull = false;
-        out.insert(pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull).value() as i64);
-    }
-    pg_sys::systable_endscan(scan);
-    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    let keys = [
+        (1, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::F_INT8GT, pg_sys::Datum::from(lo as usize)),
+        (1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi as usize)),
+    ];
+    catalog::scan(cat.commits, cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+        out.extend(catalog::attr(tup, rel, 1).map(|d| d.value() as i64));
+        true
+    });
     out
 }
 
@@ -79,18 +71,12 @@ pub fn settled_seq(cat: &Catalog) -> i64 {
 
 /// The newest committed seq ≤ `hi` (all of them are settled: used below the in-flight window).
 unsafe fn newest_committed_at_most(cat: &Catalog, hi: i64) -> i64 {
-    let rel = pg_sys::table_open(cat.commits, pg_sys::AccessShareLock as i32);
-    let idx = pg_sys::index_open(cat.commits_pkey, pg_sys::AccessShareLock as i32);
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-    pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8LE), pg_sys::Datum::from(hi as usize));
-    let snap = std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData);
-    let scan = pg_sys::systable_beginscan_ordered(rel, idx, snap, 1, &mut key);
-    let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
-    let mut isnull = false;
-    let seq = if tup.is_null() { 0 } else { pg_sys::heap_getattr(tup, 1, (*rel).rd_att, &mut isnull).value() as i64 };
-    pg_sys::systable_endscan_ordered(scan);
-    pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
-    pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    let mut seq = 0;
+    let keys = [(1, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi as usize))];
+    catalog::scan(cat.commits, cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
+        seq = catalog::attr(tup, rel, 1).map_or(0, |d| d.value() as i64);
+        false
+    });
     seq
 }
 
