@@ -33,7 +33,8 @@ CREATE TABLE driftdb.commits (
     application_name text NOT NULL,
     table_ids        integer[] NOT NULL
 ) USING heap;
-CREATE INDEX commits_committed_at ON driftdb.commits (committed_at);
+-- no index on committed_at: commit times are non-decreasing in seq, so seq_at() binary-searches
+-- the primary key (one index less to maintain on every commit)
 
 -- The events: one DriftDB frame per changed row (or per TRUNCATE / schema change) per
 -- transaction. `key` is the canonical encoding of the row's identity (NULL when it has none,

@@ -4,14 +4,7 @@
 
 -- driftdb.current_seq() is defined in src/history/settle.rs (it waits for in-flight seqs).
 
--- The newest seq committed at or before a time (0 if none): the state AS OF that time.
-CREATE FUNCTION driftdb.seq_at(at timestamptz) RETURNS bigint
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-  SELECT COALESCE(
-    (SELECT seq FROM driftdb.commits WHERE committed_at <= at ORDER BY committed_at DESC, seq DESC LIMIT 1), 0)
-$$;
-COMMENT ON FUNCTION driftdb.seq_at(timestamptz) IS 'newest driftdb commit seq committed at or before the given time (0 if none)';
+-- driftdb.seq_at(timestamptz) is defined in src/history/settle.rs (binary search over seqs).
 
 -- The audit trail: one row per committed transaction that changed driftdb rows.
 -- Not granted to PUBLIC: GRANT SELECT ON driftdb.transactions TO your auditors.

@@ -100,3 +100,59 @@ COMMENT ON FUNCTION driftdb.current_seq() IS 'newest committed driftdb commit se
     name = "current_seq",
     requires = [settled_seq_sql]
 );
+
+/// The commit time of the first committed seq ≥ `seq` (with that seq), if any.
+unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, i64)> {
+    let mut found = None;
+    let keys = [(1, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::F_INT8GE, pg_sys::Datum::from(seq as usize))];
+    catalog::scan(cat.commits, cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
+        let s = catalog::attr(tup, rel, 1).map_or(0, |d| d.value() as i64);
+        let t = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
+        found = Some((s, t));
+        false
+    });
+    found
+}
+
+/// The newest settled seq committed at or before `at` (µs since 2000-01-01 UTC): the state
+/// AS OF that time. Commit times are non-decreasing in seq (D4), so this is a binary search
+/// over the seq index — no index on commit time is needed.
+pub fn seq_at(cat: &Catalog, at: i64) -> i64 {
+    let top = settled_seq(cat);
+    // SAFETY: catalog-style reads of driftdb.commits.
+    unsafe {
+        // invariant: every committed seq ≤ lo has time ≤ at (lo = 0: none);
+        //            every committed seq > hi has time > at
+        let (mut lo, mut hi) = (0i64, top);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            match first_commit_from(cat, mid) {
+                Some((s, t)) if s <= hi && t <= at => lo = s,
+                Some((s, _)) if s <= hi => hi = mid - 1,
+                _ => hi = mid - 1, // no commit in [mid, hi]
+            }
+        }
+        // lo is a committed seq (or 0)
+        lo
+    }
+}
+
+#[pg_extern(name = "_seq_at", volatile, strict)]
+fn seq_at_sql(at: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    let micros: i64 = at.into_inner();
+    seq_at(&Catalog::require(), micros)
+}
+
+extension_sql!(
+    r#"
+REVOKE EXECUTE ON FUNCTION driftdb._seq_at(timestamptz) FROM PUBLIC;
+-- The newest seq committed at or before a time (0 if none): the state AS OF that time.
+-- Like current_seq(), it waits for transactions still finishing a lower seq.
+CREATE FUNCTION driftdb.seq_at(at timestamptz) RETURNS bigint
+LANGUAGE sql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT driftdb._seq_at(at) $$;
+COMMENT ON FUNCTION driftdb.seq_at(timestamptz) IS 'newest driftdb commit seq committed at or before the given time (0 if none)';
+"#,
+    name = "seq_at",
+    requires = [seq_at_sql]
+);
