@@ -219,6 +219,7 @@ unsafe fn table_events(
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
+    let first = out.len();
     if tc.truncated {
         out.push(Pending { rel: relid, op: Op::Truncate, schema: None, key: None, old_key: None, old: None, new: None });
     }
@@ -241,6 +242,74 @@ unsafe fn table_events(
         out.push(p);
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    if ident != Identity::None {
+        fold_by_key(out, first);
+    }
+}
+
+/// Fold a table's events so that each key has at most one net event per transaction.
+///
+/// Lineages follow TIDs, so one row can yield several events in one transaction: deleted and
+/// inserted again (the new row has a new TID), or changed before and after a rewrite (ALTER
+/// TABLE, CLUSTER) that gave it a new TID. With a row identity at most one live row has a key
+/// at any moment, so consecutive events of a key compose:
+/// insert+update = insert, insert+delete = nothing, update+update = update (nothing if the row
+/// is back where it started), update+delete = delete, delete+insert = update (or nothing).
+/// Identity-changing updates, TRUNCATE and schema events are left alone and end the folding
+/// of the keys they touch.
+fn fold_by_key(events: &mut Vec<Pending>, first: usize) {
+    let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut drop = vec![false; events.len()];
+    for i in first..events.len() {
+        let (op, moved) = (events[i].op, events[i].old_key.is_some());
+        if matches!(op, Op::Truncate | Op::Schema) {
+            last.clear();
+            continue;
+        }
+        let Some(key) = events[i].key.as_ref().map(|k| encode_key(k)) else { continue };
+        if moved {
+            last.remove(&key);
+            if let Some(old) = events[i].old_key.as_ref() {
+                last.remove(&encode_key(old));
+            }
+            continue;
+        }
+        let Some(&p) = last.get(&key) else {
+            last.insert(key, i);
+            continue;
+        };
+        let composed = match (events[p].op, op) {
+            (Op::Insert, Op::Update) => Some(Op::Insert),
+            (Op::Update, Op::Update) | (Op::Delete, Op::Insert) => Some(Op::Update),
+            (Op::Update, Op::Delete) => Some(Op::Delete),
+            (Op::Insert, Op::Delete) => None,
+            _ => {
+                last.insert(key, i); // not a sequence one row can produce: keep both
+                continue;
+            }
+        };
+        drop[i] = true;
+        let new = events[i].new.take();
+        match composed {
+            Some(c) => {
+                events[p].op = c;
+                events[p].new = new;
+                if c == Op::Update && events[p].old == events[p].new {
+                    drop[p] = true; // back where it started
+                    last.remove(&key);
+                }
+            }
+            None => {
+                drop[p] = true;
+                last.remove(&key);
+            }
+        }
+    }
+    let mut i = 0;
+    events.retain(|_| {
+        i += 1;
+        !drop[i - 1]
+    });
 }
 
 /// Draw the next seq and the commit timestamp, in one order (see the module comment).

@@ -34,6 +34,8 @@ struct Col {
     dropped: bool,
     hasmissing: bool,
     hasdef: bool,
+    /// identity (GENERATED ... AS IDENTITY) or generated (STORED) column
+    generated: bool,
 }
 
 /// What the table looked like before the command.
@@ -59,6 +61,7 @@ unsafe fn shape(rel: pg_sys::Relation) -> (pg_sys::Oid, Vec<Col>) {
             dropped: a.attisdropped,
             hasmissing: a.atthasmissing,
             hasdef: a.atthasdef,
+            generated: a.attidentity != 0 || a.attgenerated != 0,
         })
         .collect();
     ((*(*rel).rd_rel).relam, cols)
@@ -69,7 +72,7 @@ fn driftdb_am() -> pg_sys::Oid {
     unsafe { pg_sys::get_table_am_oid(c"driftdb".as_ptr(), true) }
 }
 
-/// Before an ALTER TABLE on `relid` (InvalidOid when the table does not exist).
+/// Before an ALTER TABLE or CLUSTER on `relid` (InvalidOid when the table does not exist).
 pub fn before_alter(relid: pg_sys::Oid) -> Option<Before> {
     if relid == pg_sys::InvalidOid {
         return None;
@@ -138,13 +141,16 @@ pub fn after_alter(before: Before) {
             for c in &cols {
                 let Some(old) = before.cols.iter().find(|o| o.attnum == c.attnum) else {
                     // a new column: fine unless the existing rows were given per-row values
-                    if !c.dropped && c.hasdef && !c.hasmissing && table_has_rows(rel) {
+                    // PostgreSQL stores one "missing" value for a constant default; anything
+                    // else (volatile default, identity, generated, a domain with constraints)
+                    // rewrote the table with a value per row
+                    if !c.dropped && (c.hasdef || c.generated) && !c.hasmissing && table_has_rows(rel) {
                         pg_sys::RelationClose(rel);
                         refuse(
                             &name,
                             format!("cannot add column \"{}\" to driftdb table \"{name}\" with a per-row default", c.name),
-                            "its existing rows would get values (a volatile DEFAULT, an identity or a generated column) that their history does not have.",
-                            format!("Add the column without that default, set its values with UPDATE (recorded as history), then ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT ... . Constant defaults work directly.", c.name),
+                            "its existing rows would get values (a volatile DEFAULT, an identity or generated column, or a default checked by a domain's constraints) that their history does not have.",
+                            format!("Add the column without that default, set its values with UPDATE (recorded as history), then ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT ... . A constant default of a type without constraints works directly.", c.name),
                         );
                     }
                     continue;

@@ -1,5 +1,5 @@
-//! ProcessUtility hook: ALTER TABLE on driftdb tables goes through `history::ddl` before and
-//! after it runs (see that module for what is checked and recorded).
+//! ProcessUtility hook: ALTER TABLE and CLUSTER on driftdb tables go through `history::ddl`
+//! before and after they run (see that module for what is checked and recorded).
 //!
 //! The hook itself is deliberately *not* a `#[pg_guard]` function and holds nothing that needs
 //! dropping: an ERROR raised by the utility statement must travel to PostgreSQL's handler
@@ -44,17 +44,29 @@ pub fn install() {
     }
 }
 
-/// The table an ALTER TABLE statement names, if it exists (no lock: the ALTER takes its own).
-unsafe fn alter_table_target(stmt: *mut pg_sys::Node) -> pg_sys::Oid {
-    if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
+/// The table an ALTER TABLE or CLUSTER statement names, if it exists (no lock: the statement
+/// takes its own). Both can rewrite the table inside a transaction block, which gives every
+/// row a new TID. (VACUUM FULL cannot run inside a transaction block.)
+unsafe fn rewrite_target(stmt: *mut pg_sys::Node) -> pg_sys::Oid {
+    if stmt.is_null() {
         return pg_sys::InvalidOid;
     }
-    let alter = stmt as *mut pg_sys::AlterTableStmt;
-    if (*alter).objtype != pg_sys::ObjectType::OBJECT_TABLE || (*alter).relation.is_null() {
+    let relation = match (*stmt).type_ {
+        pg_sys::NodeTag::T_AlterTableStmt => {
+            let alter = stmt as *mut pg_sys::AlterTableStmt;
+            if (*alter).objtype != pg_sys::ObjectType::OBJECT_TABLE {
+                return pg_sys::InvalidOid;
+            }
+            (*alter).relation
+        }
+        pg_sys::NodeTag::T_ClusterStmt => (*(stmt as *mut pg_sys::ClusterStmt)).relation,
+        _ => return pg_sys::InvalidOid,
+    };
+    if relation.is_null() {
         return pg_sys::InvalidOid;
     }
     pg_sys::RangeVarGetRelidExtended(
-        (*alter).relation,
+        relation,
         pg_sys::NoLock as i32,
         pg_sys::RVROption::RVR_MISSING_OK,
         None,
@@ -66,7 +78,7 @@ unsafe fn alter_table_target(stmt: *mut pg_sys::Node) -> pg_sys::Oid {
 /// of statements that raised an ERROR; `after` discards them.
 #[pg_guard]
 unsafe extern "C-unwind" fn before(pstmt: *mut pg_sys::PlannedStmt) -> usize {
-    let state = ddl::before_alter(alter_table_target((*pstmt).utilityStmt));
+    let state = ddl::before_alter(rewrite_target((*pstmt).utilityStmt));
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         p.push(state);

@@ -1,0 +1,213 @@
+"""Row identity (issue 3, item 4): the table's REPLICA IDENTITY names a row across versions —
+the primary key by default, FULL and USING INDEX too; rows may be loaded before the key exists;
+UPDATE/DELETE without a usable identity fails clearly (55000 with a HINT) and changes nothing."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import psycopg
+import pytest
+
+from conftest import PGBIN
+from history_model import (
+    Model,
+    assert_verified,
+    current_seq,
+    event_count,
+    events,
+    mp_key,
+    transactions,
+)
+
+
+def test_default_identity_is_the_primary_key(conn):
+    conn.execute(
+        "CREATE TABLE t (payload text, b text, a int, note text, PRIMARY KEY (a, b)) USING driftdb"
+    )
+    conn.execute("INSERT INTO t VALUES ('p', 'x', 1, 'n'), ('q', 'y', 2, NULL)")
+    conn.execute("UPDATE t SET payload = 'p2', note = 'n2' WHERE a = 1")
+    conn.execute("DELETE FROM t WHERE a = 2")
+    # key = the PK values in index column order (a, b), not the whole row
+    assert [(e[2], e[3]) for e in events(conn, "t")] == [
+        ("i", mp_key(1, "x")), ("i", mp_key(2, "y")), ("u", mp_key(1, "x")), ("d", mp_key(2, "y"))]
+    assert_verified(conn, "t")
+
+
+def test_replica_identity_full_allows_duplicates(conn):
+    conn.execute("CREATE TABLE t (a int, b text) USING driftdb")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY FULL")
+    conn.execute("INSERT INTO t VALUES (1, 'a'), (1, 'a'), (1, 'a'), (2, NULL)")
+    conn.execute("UPDATE t SET b = 'z' WHERE ctid = (SELECT min(ctid) FROM t WHERE a = 1)")
+    conn.execute("DELETE FROM t WHERE ctid = (SELECT max(ctid) FROM t WHERE b = 'a')")
+    conn.execute("UPDATE t SET a = 3 WHERE b IS NULL")
+    assert sorted(conn.execute("SELECT a, b FROM t").fetchall(), key=repr) == sorted(
+        [(1, "z"), (1, "a"), (3, None)], key=repr)
+    ops = ops_by_seq_multi(conn, "t")
+    assert ops == [
+        [("i", mp_key(1, "a"))] * 3 + [("i", mp_key(2, None))],
+        # with FULL identity every update changes the key: the old row's key gets a marker
+        [("m", mp_key(1, "a")), ("u", mp_key(1, "z"))],
+        [("d", mp_key(1, "a"))],
+        [("m", mp_key(2, None)), ("u", mp_key(3, None))],
+    ]
+    assert_verified(conn, "t")
+    # duplicates through updates too: make every row identical, then delete them one by one
+    conn.execute("UPDATE t SET a = 7, b = 'same'")
+    conn.execute("DELETE FROM t WHERE ctid = (SELECT min(ctid) FROM t)")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    assert_verified(conn, "t")
+    conn.execute("DELETE FROM t")
+    assert_verified(conn, "t")
+
+
+def ops_by_seq_multi(conn, table):
+    """Like ops_by_seq, but a list of (op, key) per seq (keys may repeat with FULL identity)."""
+    out = {}
+    for s, _o, op, k in events(conn, table):
+        out.setdefault(s, []).append((op, k))
+    return [sorted(v) for _s, v in sorted(out.items())]
+
+
+def test_replica_identity_using_index(conn):
+    conn.execute("CREATE TABLE t (id serial, code text NOT NULL, v int) USING driftdb")
+    conn.execute("CREATE UNIQUE INDEX t_code ON t (code)")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY USING INDEX t_code")
+    m = Model("t", "code", "v")
+    conn.execute("INSERT INTO t (code, v) VALUES ('a', 1), ('b', 2), ('c', 3)")
+    m.apply({"a": (1,), "b": (2,), "c": (3,)})
+    conn.execute("UPDATE t SET v = 20 WHERE code = 'b'")
+    m.apply({"b": (20,)})
+    conn.execute("DELETE FROM t WHERE code = 'c'")
+    m.apply(deletes=["c"])
+    m.check(conn)  # keys are mp_key(code)
+    conn.execute("UPDATE t SET code = 'aa' WHERE code = 'a'")
+    assert [(e[2], e[3]) for e in events(conn, "t", current_seq(conn) - 1)] == [
+        ("u", mp_key("aa")), ("m", mp_key("a"))]
+    assert_verified(conn, "t")
+
+
+def test_identity_using_index_wins_over_primary_key(conn):
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, code int NOT NULL UNIQUE, v text) USING driftdb")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY USING INDEX t_code_key")
+    conn.execute("INSERT INTO t VALUES (1, 100, 'a')")
+    conn.execute("UPDATE t SET v = 'b'")
+    assert [e[3] for e in events(conn, "t")] == [mp_key(100), mp_key(100)]
+    assert_verified(conn, "t")
+
+
+def test_load_before_key_exists_then_add_primary_key(conn):
+    """pgbench -i / pg_restore order: create without a key, load, add the key, then write."""
+    conn.execute("CREATE TABLE acc (aid int NOT NULL, bid int, abalance int, filler char(20)) USING driftdb")
+    with conn.cursor() as cur:
+        with cur.copy("COPY acc FROM STDIN") as cp:
+            for i in range(1, 3001):
+                cp.write_row((i, i % 3, 0, ""))
+    conn.execute("INSERT INTO acc VALUES (3001, 0, 0, 'x')")
+    assert_verified(conn, "acc")
+    conn.execute("ALTER TABLE acc ADD PRIMARY KEY (aid)")
+    assert_verified(conn, "acc")
+    s = current_seq(conn)
+    conn.execute("UPDATE acc SET abalance = abalance + 5 WHERE aid IN (1, 1500, 3001)")
+    conn.execute("DELETE FROM acc WHERE aid = 2")
+    conn.execute("INSERT INTO acc VALUES (5000, 1, 1, 'new')")
+    assert [(e[2], e[3]) for e in events(conn, "acc", s)] == [
+        ("u", mp_key(1)), ("u", mp_key(1500)), ("u", mp_key(3001)), ("d", mp_key(2)), ("i", mp_key(5000))]
+    assert conn.execute("SELECT count(*), sum(abalance) FROM acc").fetchone() == (3001, 16)
+    assert_verified(conn, "acc")
+
+
+@pytest.mark.slow
+def test_pgbench_init_and_run_on_driftdb(db):
+    """pgbench -i with default_table_access_method = driftdb, then a short TPC-B-like run."""
+    env = dict(os.environ, PGOPTIONS="-c default_table_access_method=driftdb")
+    common = ["-h", "127.0.0.1", "-p", str(db.cluster.port), "-U", "postgres"]
+    res = subprocess.run([str(PGBIN / "pgbench"), "-i", "-s", "1", "-q", *common, db.name],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    conn = db.connect()
+    tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+    assert conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_am a ON a.oid = c.relam "
+        "WHERE a.amname = 'driftdb' AND c.relname = ANY(%s)", (tables,)).fetchone() == (4,)
+    s = current_seq(conn)
+    res = subprocess.run([str(PGBIN / "pgbench"), "-c", "2", "-t", "100", "-n", *common, db.name],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    tx = transactions(conn, s)
+    assert len(tx) == 200, "one seq per pgbench transaction"
+    assert all(sorted(x["tables"]) == sorted(tables) for x in tx)
+    # per transaction: update of one account, teller, branch; insert into history
+    assert [e[2] for e in events(conn, "pgbench_history", s)] == ["i"] * 200
+    assert len(events(conn, "pgbench_accounts", s)) <= 200  # a delta of 0 changes nothing
+    assert_verified(conn, *tables)
+
+
+def _assert_no_identity_error(e: psycopg.Error, table: str):
+    assert e.sqlstate == "55000", e
+    assert table in e.diag.message_primary, e.diag.message_primary
+    assert e.diag.message_hint, "the error must carry a HINT"
+    assert "PRIMARY KEY" in e.diag.message_hint.upper() or "REPLICA IDENTITY" in e.diag.message_hint.upper()
+
+
+@pytest.mark.parametrize("setup", [
+    "CREATE TABLE nokey (a int, b text) USING driftdb",
+    "CREATE TABLE nokey (a int PRIMARY KEY, b text) USING driftdb; ALTER TABLE nokey REPLICA IDENTITY NOTHING",
+    "CREATE TABLE nokey (a int UNIQUE, b text) USING driftdb",  # nullable unique: not an identity
+], ids=["no_pk", "identity_nothing", "nullable_unique"])
+def test_update_delete_without_identity_fail_and_change_nothing(conn, setup):
+    for stmt in setup.split(";"):
+        conn.execute(stmt)
+    conn.execute("INSERT INTO nokey VALUES (1, 'a'), (2, 'b')")
+    s, n = current_seq(conn), event_count(conn)
+    for sql in ["UPDATE nokey SET b = 'z' WHERE a = 1", "DELETE FROM nokey WHERE a = 2",
+                "UPDATE nokey SET b = b || '!'", "DELETE FROM nokey",
+                "INSERT INTO nokey VALUES (1, 'x') ON CONFLICT (a) DO UPDATE SET b = 'y'"
+                if "UNIQUE" in setup or "PRIMARY" in setup else "UPDATE nokey SET a = a + 1"]:
+        with pytest.raises(psycopg.Error) as ei:
+            conn.execute(sql)
+        _assert_no_identity_error(ei.value, "nokey")
+    # an identity error inside a transaction aborts it: the insert before it is gone too
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO nokey VALUES (3, 'c')")
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute("UPDATE nokey SET b = 'q' WHERE a = 3")
+    _assert_no_identity_error(ei.value, "nokey")
+    conn.execute("ROLLBACK")
+    assert sorted(conn.execute("SELECT a, b FROM nokey").fetchall()) == [(1, "a"), (2, "b")]
+    assert (current_seq(conn), event_count(conn)) == (s, n)
+    # UPDATE/DELETE matching no row: fine either way, nothing recorded
+    for sql in ["UPDATE nokey SET b = 'z' WHERE a = 99", "DELETE FROM nokey WHERE false"]:
+        try:
+            conn.execute(sql)
+        except psycopg.Error as e:
+            _assert_no_identity_error(e, "nokey")
+    # TRUNCATE needs no identity
+    conn.execute("TRUNCATE nokey")
+    assert [e[2] for e in events(conn, "nokey", s)] == ["t"]
+    assert_verified(conn, "nokey")
+
+
+def test_identity_changes_over_history(conn):
+    """History written under one identity stays consistent when the identity changes."""
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, code int NOT NULL, v text) USING driftdb")
+    conn.execute("INSERT INTO t SELECT g, g * 10, 'a' FROM generate_series(1, 5) g")
+    conn.execute("UPDATE t SET v = 'b' WHERE id = 1")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY FULL")
+    conn.execute("UPDATE t SET v = 'c' WHERE id IN (1, 2)")
+    conn.execute("DELETE FROM t WHERE id = 3")
+    assert_verified(conn, "t")
+    conn.execute("CREATE UNIQUE INDEX t_code ON t (code)")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY USING INDEX t_code")
+    conn.execute("UPDATE t SET v = 'd' WHERE id IN (1, 4)")
+    conn.execute("DELETE FROM t WHERE id = 5")
+    assert_verified(conn, "t")
+    conn.execute("ALTER TABLE t REPLICA IDENTITY DEFAULT")
+    conn.execute("UPDATE t SET v = 'e'")
+    assert_verified(conn, "t")
+    conn.execute("ALTER TABLE t DROP CONSTRAINT t_pkey")
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute("UPDATE t SET v = 'f'")
+    _assert_no_identity_error(ei.value, "t")
+    conn.execute("INSERT INTO t VALUES (9, 90, 'n')")
+    assert_verified(conn, "t")
