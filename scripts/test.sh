@@ -37,7 +37,7 @@ tier_pytest()  { (cd "$ROOT" && "$VENV/bin/pytest" -q -p no:cacheprovider tests/
 tier_isolation() {
   if [ -x "$ROOT/tests/isolation/run.sh" ]; then bash "$ROOT/tests/isolation/run.sh"; else echo "no isolation specs yet"; fi
 }
-tier_pgsuite() { bash "$ROOT/tests/pg_suite/run.sh"; }
+tier_pgsuite() { PGSUITE_REQUIRE_DRIFTDB=1 bash "$ROOT/tests/pg_suite/run.sh"; }
 
 passed=(); failed=()
 for t in "${TIERS[@]}"; do
