@@ -9,13 +9,15 @@
 //!   - driftdb → another access method: refused (the history would be orphaned);
 //!   - a column's type changed: refused (history stores values of the old type);
 //!   - a column added whose existing rows got per-row values (volatile DEFAULT, identity,
-//!     generated column — PostgreSQL rewrote the table instead of storing one "missing"
-//!     value): refused, with the way to do it that history can follow;
+//!     generated column): refused, with the way to do it that history can follow; a
+//!     non-volatile default is recorded as the value older rows read, also when the statement
+//!     rewrote the table and PostgreSQL kept no "missing" value;
 //!   - columns added, dropped or renamed: one schema event records the new columns.
 //! Refusals are ERRORs, so the ALTER TABLE rolls back with nothing lost.
+use std::collections::HashMap;
 use std::ffi::CStr;
 
-use driftdb_core::{ColumnDef, SchemaChange};
+use driftdb_core::{ColumnDef, SchemaChange, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -42,6 +44,7 @@ struct Col {
 pub struct Before {
     relid: pg_sys::Oid,
     am: pg_sys::Oid,
+    persistence: u8,
     cols: Vec<Col>,
 }
 
@@ -89,11 +92,12 @@ pub fn before_alter(relid: pg_sys::Oid) -> Option<Before> {
             return None;
         }
         let (am, cols) = shape(rel);
+        let persistence = (*(*rel).rd_rel).relpersistence as u8;
         if am == driftdb_am() && capture::touches(relid.to_u32()) {
             capture::resolve(rel);
         }
         pg_sys::RelationClose(rel);
-        Some(Before { relid, am, cols })
+        Some(Before { relid, am, persistence, cols })
     }
 }
 
@@ -123,6 +127,20 @@ pub fn after_alter(before: Before) {
             capture::touches(before.relid.to_u32())
                 || Catalog::get().is_some_and(|c| lookup_table_id(&c, before.relid).is_some())
         };
+        let persistence = (*(*rel).rd_rel).relpersistence as u8;
+        if am == dd
+            && before.persistence == pg_sys::RELPERSISTENCE_PERMANENT
+            && persistence != pg_sys::RELPERSISTENCE_PERMANENT
+            && has_history()
+        {
+            pg_sys::RelationClose(rel);
+            refuse(
+                &name,
+                format!("cannot make driftdb table \"{name}\" unlogged"),
+                "unlogged tables lose their rows in a crash, which their history would outlive, so driftdb does not version them.",
+                format!("Keep \"{name}\" logged; for an unversioned unlogged copy use CREATE UNLOGGED TABLE {name}_copy (LIKE {name}) USING heap."),
+            );
+        }
         if before.am != dd && am == dd {
             if capture::is_captured(rel) {
                 baseline(rel, &name, &cols);
@@ -138,20 +156,21 @@ pub fn after_alter(before: Before) {
                 );
             }
         } else if am == dd && cols != before.cols && has_history() {
+            let mut rewritten = HashMap::new();
             for c in &cols {
                 let Some(old) = before.cols.iter().find(|o| o.attnum == c.attnum) else {
-                    // a new column: fine unless the existing rows were given per-row values
-                    // PostgreSQL stores one "missing" value for a constant default; anything
-                    // else (volatile default, identity, generated, a domain with constraints)
-                    // rewrote the table with a value per row
-                    if !c.dropped && (c.hasdef || c.generated) && !c.hasmissing && table_has_rows(rel) {
-                        pg_sys::RelationClose(rel);
-                        refuse(
-                            &name,
-                            format!("cannot add column \"{}\" to driftdb table \"{name}\" with a per-row default", c.name),
-                            "its existing rows would get values (a volatile DEFAULT, an identity or generated column, or a default checked by a domain's constraints) that their history does not have.",
-                            format!("Add the column without that default, set its values with UPDATE (recorded as history), then ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT ... . A constant default of a type without constraints works directly.", c.name),
-                        );
+                    if !c.dropped {
+                        if let Err(why) = classify_new_column(rel, c, &mut rewritten) {
+                            if table_has_rows(rel) {
+                                pg_sys::RelationClose(rel);
+                                refuse(
+                                    &name,
+                                    format!("cannot add column \"{}\" to driftdb table \"{name}\" with a per-row value", c.name),
+                                    &format!("its existing rows would get values that their history does not have ({why})."),
+                                    format!("Add the column without that default, set its values with UPDATE (recorded as history), then ALTER TABLE {name} ALTER COLUMN {} SET DEFAULT ... . Constant defaults work directly.", c.name),
+                                );
+                            }
+                        }
                     }
                     continue;
                 };
@@ -166,10 +185,41 @@ pub fn after_alter(before: Before) {
                     );
                 }
             }
-            note_columns(rel, &cols, "ALTER TABLE");
+            note_columns(rel, &cols, &rewritten, "ALTER TABLE");
         }
         pg_sys::RelationClose(rel);
     }
+}
+
+/// A column just added: what do the rows that existed before read for it?
+/// * nothing special (no default) or a stored "missing" value: fine;
+/// * a default that is not volatile, but stored in every row because the statement rewrote the
+///   table anyway (another subcommand, a domain with constraints): fine — evaluated once here
+///   and recorded in `rewritten` as the value older rows read;
+/// * identity, generated, or a volatile default (serial, random(), clock_timestamp()): a value
+///   per row, which history cannot follow: Err(why).
+unsafe fn classify_new_column(rel: pg_sys::Relation, c: &Col, rewritten: &mut HashMap<u16, Value>) -> Result<(), &'static str> {
+    if c.generated {
+        return Err("an identity or generated column");
+    }
+    if !c.hasdef || c.hasmissing {
+        return Ok(());
+    }
+    let expr = pg_sys::build_column_default(rel, c.attnum as i32);
+    if expr.is_null() {
+        return Ok(());
+    }
+    if pg_sys::contain_volatile_functions(expr) {
+        return Err("a volatile DEFAULT such as serial, random() or clock_timestamp()");
+    }
+    let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
+    let node = planned as *mut pg_sys::Node;
+    let k = pg_sys::evaluate_expr(planned, pg_sys::exprType(node), pg_sys::exprTypmod(node), pg_sys::exprCollation(node))
+        as *mut pg_sys::Const;
+    if !(*k).constisnull {
+        rewritten.insert(c.attnum, codec::datum_to_value((*k).constvalue, c.typid));
+    }
+    Ok(())
 }
 
 unsafe fn table_has_rows(rel: pg_sys::Relation) -> bool {
@@ -184,7 +234,7 @@ unsafe fn table_has_rows(rel: pg_sys::Relation) -> bool {
     any
 }
 
-unsafe fn column_defs(rel: pg_sys::Relation, cols: &[Col]) -> Vec<ColumnDef> {
+unsafe fn column_defs(rel: pg_sys::Relation, cols: &[Col], rewritten: &HashMap<u16, Value>) -> Vec<ColumnDef> {
     cols.iter()
         .map(|c| ColumnDef {
             attnum: c.attnum,
@@ -194,15 +244,19 @@ unsafe fn column_defs(rel: pg_sys::Relation, cols: &[Col]) -> Vec<ColumnDef> {
             dropped: c.dropped,
             // the value older rows read for the column; recorded now, because a later rewrite
             // makes PostgreSQL forget it
-            missing: (c.hasmissing && !c.dropped)
-                .then(|| codec::missing_value((*rel).rd_att, c.attnum))
-                .filter(|v| !v.is_null()),
+            missing: if c.dropped {
+                None
+            } else if c.hasmissing {
+                Some(codec::missing_value((*rel).rd_att, c.attnum)).filter(|v| !v.is_null())
+            } else {
+                rewritten.get(&c.attnum).cloned()
+            },
         })
         .collect()
 }
 
-unsafe fn note_columns(rel: pg_sys::Relation, cols: &[Col], description: &str) {
-    let change = SchemaChange { description: description.to_string(), columns: column_defs(rel, cols) };
+unsafe fn note_columns(rel: pg_sys::Relation, cols: &[Col], rewritten: &HashMap<u16, Value>, description: &str) {
+    let change = SchemaChange { description: description.to_string(), columns: column_defs(rel, cols, rewritten) };
     capture::note_schema((*rel).rd_id.to_u32(), change, false);
 }
 
@@ -210,7 +264,7 @@ unsafe fn note_columns(rel: pg_sys::Relation, cols: &[Col], description: &str) {
 unsafe fn baseline(rel: pg_sys::Relation, name: &str, cols: &[Col]) {
     let change = SchemaChange {
         description: format!("SET ACCESS METHOD driftdb: history of \"{name}\" starts here; earlier states are unknown"),
-        columns: column_defs(rel, cols),
+        columns: column_defs(rel, cols, &HashMap::new()),
     };
     capture::note_schema((*rel).rd_id.to_u32(), change, true);
     pg_sys::CommandCounterIncrement();

@@ -164,20 +164,46 @@ def test_add_column_with_per_row_values_converts_or_fails_clearly(conn, column):
 
 def test_add_column_of_constrained_domain_with_constant_default(conn):
     """PostgreSQL rewrites the table for a default checked by a domain's constraints (no stored
-    "missing" value): driftdb refuses clearly, saying which defaults work, and nothing changes."""
+    "missing" value); the default is constant, so driftdb records it as the value older rows
+    read: no row events, and history replays to the live table."""
     m = _t(conn, 10)
     conn.execute("CREATE DOMAIN posint AS int CHECK (VALUE > 0)")
     before = _snapshot(conn)
-    with pytest.raises(psycopg.errors.FeatureNotSupported) as exc:
-        conn.execute("ALTER TABLE t ADD COLUMN c posint DEFAULT 1")
-    assert "domain" in exc.value.diag.message_detail
-    assert "without constraints" in exc.value.diag.message_hint
-    assert _snapshot(conn) == before
-    assert_verified(conn, "t")
-    conn.execute("ALTER TABLE t ADD COLUMN c posint")  # no default: fine
-    conn.execute("UPDATE t SET c = 1")                 # the values, recorded as history
+    conn.execute("ALTER TABLE t ADD COLUMN c posint DEFAULT 1")  # PostgreSQL rewrites for this
+    assert _row_events(_snapshot(conn)) == _row_events(before)
     assert_verified(conn, "t")
     conn.execute("UPDATE t SET c = 5 WHERE id = 1")
+    assert_verified(conn, "t")
+    conn.execute("VACUUM FULL t")
+    assert_verified(conn, "t")
+
+
+def test_constant_default_in_a_rewriting_alter_is_kept_and_per_row_value_named(conn):
+    """One ALTER TABLE that rewrites for another reason stores no "missing" value for any column
+    it adds: a constant default among them still works, and a refusal names the per-row one."""
+    _t(conn, 10)
+    conn.execute("CREATE DOMAIN posint AS int CHECK (VALUE > 0)")
+    conn.execute("CREATE INDEX t_v ON t (v)")
+    # the posint column makes PostgreSQL rewrite: neither column gets a stored missing value
+    conn.execute("ALTER TABLE t ADD COLUMN d int DEFAULT 7, ADD COLUMN d2 posint DEFAULT 8")
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass "
+                        "AND attname IN ('d', 'd2') AND NOT atthasmissing").fetchone() == (2,)
+    conn.execute("CLUSTER t USING t_v")
+    assert_verified(conn, "t")
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as exc:
+        conn.execute("ALTER TABLE t ADD COLUMN e int DEFAULT 42, ADD COLUMN s serial")
+    assert '"s"' in exc.value.diag.message_primary
+    assert_verified(conn, "t")
+    assert conn.execute("SELECT count(*) FROM t WHERE d = 7 AND d2 = 8").fetchone()[0] == 10
+
+
+def test_set_unlogged_is_refused_for_a_versioned_table(conn):
+    _t(conn, 5)
+    before = _snapshot(conn)
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        conn.execute("ALTER TABLE t SET UNLOGGED")
+    assert conn.execute("SELECT relpersistence FROM pg_class WHERE oid = 't'::regclass").fetchone() == ("p",)
+    assert _snapshot(conn) == before
     assert_verified(conn, "t")
 
 

@@ -26,3 +26,16 @@ ALTER TABLE converted SET ACCESS METHOD heap;
 SELECT count(*) > 0 AS has_events FROM driftdb.events e JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'converted'::regclass;
 DROP TABLE converted;
 SELECT count(*) AS orphan_events FROM driftdb.events e LEFT JOIN driftdb.tables t USING (table_id) WHERE t.table_id IS NULL;
+
+-- one ALTER TABLE that rewrites (a domain with a CHECK forces it) stores no "missing" value for
+-- the columns it adds; constant defaults are still what older rows read
+CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+CREATE TABLE stock (id int PRIMARY KEY, item text) USING driftdb;
+INSERT INTO stock VALUES (1, 'bolt'), (2, 'nut');
+ALTER TABLE stock ADD COLUMN qty int DEFAULT 7, ADD COLUMN min_qty posint DEFAULT 1;
+UPDATE stock SET qty = 9 WHERE id = 2;
+VACUUM FULL stock;
+SELECT * FROM stock ORDER BY id;
+SELECT bool_and(ok) AS verified FROM driftdb.verify('stock');
+ALTER TABLE stock ADD COLUMN note text DEFAULT 'x', ADD COLUMN serial_no serial;  -- names the culprit
+ALTER TABLE stock SET UNLOGGED;                                                    -- would stop versioning
