@@ -3,13 +3,15 @@
 //! It defines what a committed change looks like and how it is stored and checked:
 //! `value`/`row` (the portable value model, keyed by attnum), `event` (one change),
 //! `frame` (the versioned, CRC-protected on-disk encoding, and canonical key bytes),
-//! `replay` (rebuilding and verifying a table from its history) and `txbuf` (the
-//! per-transaction change buffer the extension fills from its write callbacks).
+//! `replay` (rebuilding and verifying a table from its history), `txbuf` (the
+//! per-transaction change buffer the extension fills from its write callbacks) and `net`
+//! (folding a transaction's changes to one net change per row).
 
 #![forbid(unsafe_code)]
 
 pub mod event;
 pub mod frame;
+pub mod net;
 pub mod replay;
 pub mod row;
 pub mod txbuf;

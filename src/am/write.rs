@@ -102,8 +102,8 @@ pub(super) unsafe extern "C-unwind" fn tuple_update(
     if captured {
         identity::require(rel, "update");
     }
-    // heap may overwrite *otid's target? No: otid is read-only input; copy it anyway, since
-    // the executor can pass a pointer into the old tuple's slot.
+    // the TID of the version being replaced, copied before heap runs (the executor may pass a
+    // pointer into a slot that heap_update's caller reuses)
     let old = *otid;
     let result = heap_fn!(tuple_update)(rel, otid, slot, cid, snapshot, crosscheck, wait, tmfd, lockmode, update_indexes);
     if captured && result == pg_sys::TM_Result::TM_Ok {

@@ -138,15 +138,19 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// One change ready to be written, before the seq is known.
+/// One change ready to be written: its table and the event, whose seq, time and table id are
+/// filled in once they are known.
 struct Pending {
     rel: pg_sys::Oid,
-    op: Op,
-    schema: Option<driftdb_core::SchemaChange>,
-    key: Option<Vec<Value>>,
-    old_key: Option<Vec<Value>>,
-    old: Option<Row>,
-    new: Option<Row>,
+    event: Event,
+}
+
+fn pending(rel: pg_sys::Oid, op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Pending {
+    let mut event = Event::new(0, 0, 0, op);
+    event.key = key;
+    event.old = old;
+    event.new = new;
+    Pending { rel, event }
 }
 
 /// Read a row version by TID, or take the image resolved earlier.
@@ -215,27 +219,31 @@ unsafe fn table_events(
     }
     // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
     for change in notes {
-        out.push(Pending { rel: relid, op: Op::Schema, schema: Some(change), key: None, old_key: None, old: None, new: None });
+        let mut p = pending(relid, Op::Schema, None, None, None);
+        p.event.schema = Some(change);
+        out.push(p);
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
     let first = out.len();
     if tc.truncated {
-        out.push(Pending { rel: relid, op: Op::Truncate, schema: None, key: None, old_key: None, old: None, new: None });
+        out.push(pending(relid, Op::Truncate, None, None, None));
     }
     for (orig, cur) in tc.lineages {
         let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
         scratch.reset();
         let p = match (old, new) {
-            (None, Some(new)) => Pending { rel: relid, op: Op::Insert, schema: None, key: key_of(&ident, &new), old_key: None, old: None, new: Some(new) },
-            (Some(old), None) => Pending { rel: relid, op: Op::Delete, schema: None, key: key_of(&ident, &old), old_key: None, old: Some(old), new: None },
+            (None, Some(new)) => pending(relid, Op::Insert, key_of(&ident, &new), None, Some(new)),
+            (Some(old), None) => pending(relid, Op::Delete, key_of(&ident, &old), Some(old), None),
             (Some(old), Some(new)) => {
                 if old == new {
                     continue; // an UPDATE that changed nothing adds no version
                 }
                 let key = key_of(&ident, &new);
                 let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
-                Pending { rel: relid, op: Op::Update, schema: None, key, old_key, old: Some(old), new: Some(new) }
+                let mut p = pending(relid, Op::Update, key, Some(old), Some(new));
+                p.event.old_key = old_key;
+                p
             }
             (None, None) => continue,
         };
@@ -243,73 +251,11 @@ unsafe fn table_events(
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     if ident != Identity::None {
-        fold_by_key(out, first);
+        // one net change per key (see driftdb_core::net); work on the events, then put back
+        let mut events: Vec<Event> = out.drain(first..).map(|p| p.event).collect();
+        driftdb_core::net::fold(&mut events, 0);
+        out.extend(events.into_iter().map(|event| Pending { rel: relid, event }));
     }
-}
-
-/// Fold a table's events so that each key has at most one net event per transaction.
-///
-/// Lineages follow TIDs, so one row can yield several events in one transaction: deleted and
-/// inserted again (the new row has a new TID), or changed before and after a rewrite (ALTER
-/// TABLE, CLUSTER) that gave it a new TID. With a row identity at most one live row has a key
-/// at any moment, so consecutive events of a key compose:
-/// insert+update = insert, insert+delete = nothing, update+update = update (nothing if the row
-/// is back where it started), update+delete = delete, delete+insert = update (or nothing).
-/// Identity-changing updates, TRUNCATE and schema events are left alone and end the folding
-/// of the keys they touch.
-fn fold_by_key(events: &mut Vec<Pending>, first: usize) {
-    let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut drop = vec![false; events.len()];
-    for i in first..events.len() {
-        let (op, moved) = (events[i].op, events[i].old_key.is_some());
-        if matches!(op, Op::Truncate | Op::Schema) {
-            last.clear();
-            continue;
-        }
-        let Some(key) = events[i].key.as_ref().map(|k| encode_key(k)) else { continue };
-        if moved {
-            last.remove(&key);
-            if let Some(old) = events[i].old_key.as_ref() {
-                last.remove(&encode_key(old));
-            }
-            continue;
-        }
-        let Some(&p) = last.get(&key) else {
-            last.insert(key, i);
-            continue;
-        };
-        let composed = match (events[p].op, op) {
-            (Op::Insert, Op::Update) => Some(Op::Insert),
-            (Op::Update, Op::Update) | (Op::Delete, Op::Insert) => Some(Op::Update),
-            (Op::Update, Op::Delete) => Some(Op::Delete),
-            (Op::Insert, Op::Delete) => None,
-            _ => {
-                last.insert(key, i); // not a sequence one row can produce: keep both
-                continue;
-            }
-        };
-        drop[i] = true;
-        let new = events[i].new.take();
-        match composed {
-            Some(c) => {
-                events[p].op = c;
-                events[p].new = new;
-                if c == Op::Update && events[p].old == events[p].new {
-                    drop[p] = true; // back where it started
-                    last.remove(&key);
-                }
-            }
-            None => {
-                drop[p] = true;
-                last.remove(&key);
-            }
-        }
-    }
-    let mut i = 0;
-    events.retain(|_| {
-        i += 1;
-        !drop[i - 1]
-    });
 }
 
 /// Draw the next seq and the commit timestamp, in one order (see the module comment).
@@ -434,24 +380,17 @@ unsafe fn flush() {
     let mut w = Writer::open(cat.events);
     for (ord, p) in pending.into_iter().enumerate() {
         let id = ids[&p.rel];
-        let key_bytes = p.key.as_ref().map(|k| encode_key(k));
-        let op_char = match p.op {
+        let mut ev = p.event;
+        ev.seq = seq as u64;
+        ev.committed_at = ts;
+        ev.table_id = id as u32;
+        let key_bytes = ev.key.as_ref().map(|k| encode_key(k));
+        let op_char = match ev.op {
             Op::Insert => b'i',
             Op::Update => b'u',
             Op::Delete => b'd',
             Op::Truncate => b't',
             Op::Schema => b's',
-        };
-        let ev = Event {
-            seq: seq as u64,
-            committed_at: ts,
-            table_id: id as u32,
-            op: p.op,
-            key: p.key,
-            old_key: p.old_key,
-            old: p.old,
-            new: p.new,
-            schema: p.schema,
         };
         let frame = encode_frame(&ev);
         // An update that changed the row's identity is stored under the new key; a marker
