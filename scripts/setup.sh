@@ -32,6 +32,8 @@ Connect to the demo database:
 
     psql "postgresql://postgres@127.0.0.1:$PORT/driftdb_demo"
 
-Try:   \\dt+            SELECT * FROM orders;
+Try:   SELECT * FROM orders;
+       SELECT seq, committed_at, tables FROM driftdb.transactions ORDER BY seq;   -- the history
+       SELECT * FROM driftdb.verify('orders');                                    -- the doctor
 Stop:  scripts/pgcluster.sh stop $DATA
 MSG

@@ -70,7 +70,7 @@ fn describe(rows: &[Row]) -> String {
 #[pg_extern(name = "verify")]
 fn verify(
     table: PgRelation,
-) -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
+) -> TableIterator<'static, (name!(item, String), name!(ok, bool), name!(detail, String))> {
     require_driftdb_table(&table);
     require_owner(&table, "verify its history");
     let cat = Catalog::require();

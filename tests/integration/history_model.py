@@ -170,7 +170,7 @@ def event_count(conn: psycopg.Connection, table: str | None = None) -> int:
 
 def verify_rows(conn: psycopg.Connection, table: str) -> list[tuple]:
     return conn.execute(
-        'SELECT "check", ok, detail FROM driftdb.verify(%s::regclass)', (table,)
+        'SELECT item, ok, detail FROM driftdb.verify(%s::regclass)', (table,)
     ).fetchall()
 
 

@@ -246,9 +246,7 @@ def test_alter_table_parity(db):
             "UPDATE t SET d = d + id WHERE id <= 10",
             "ALTER TABLE t SET (fillfactor = 50)",
             "VACUUM FULL t",
-            "ALTER TABLE t SET UNLOGGED",  # rewrite
-            "ALTER TABLE t SET LOGGED",    # rewrite
-            "CLUSTER t USING t_pkey",
+            "CLUSTER t USING t_pkey",      # rewrite (SET UNLOGGED: see REWRITING_ALTERS)
             "SELECT * FROM t ORDER BY id LIMIT 20",
             "SELECT count(*), sum(a), sum(d), max(bb) FROM t",
             "SELECT attname FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -261,6 +259,8 @@ REWRITING_ALTERS = [
     ("volatile_default", "ALTER TABLE t ADD COLUMN e float8 DEFAULT random() * 0 + 1"),
     ("generated_column", "ALTER TABLE t ADD COLUMN g int GENERATED ALWAYS AS (k * 2) STORED"),
     ("identity_column", "ALTER TABLE t ADD COLUMN i bigint GENERATED ALWAYS AS IDENTITY"),
+    # driftdb does not version unlogged tables, so a versioned table may not become one
+    ("set_unlogged", "ALTER TABLE t SET UNLOGGED"),
 ]
 
 
