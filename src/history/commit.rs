@@ -402,16 +402,21 @@ unsafe fn flush() {
             if i == 1 && key.is_none() {
                 break;
             }
-            let mut values = [
-                id.into_datum().unwrap(),
-                seq.into_datum().unwrap(),
-                (2 * ord as i32 + i as i32).into_datum().unwrap(),
-                pg_sys::Datum::from(op as usize),
-                key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
-                frame.as_slice().into_datum().unwrap(),
-            ];
-            let mut nulls = [false, false, false, false, key.is_none(), false];
-            w.insert(&mut values, &mut nulls);
+            // the bytea copies live in the scratch context, reset after every row: a large
+            // transaction does not pile up its frames in transaction memory
+            scratch.switch_to(|_| {
+                let mut values = [
+                    id.into_datum().unwrap(),
+                    seq.into_datum().unwrap(),
+                    (2 * ord as i32 + i as i32).into_datum().unwrap(),
+                    pg_sys::Datum::from(op as usize),
+                    key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+                    frame.as_slice().into_datum().unwrap(),
+                ];
+                let mut nulls = [false, false, false, false, key.is_none(), false];
+                w.insert(&mut values, &mut nulls);
+            });
+            scratch.reset();
         }
     }
     drop(w);
