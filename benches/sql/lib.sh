@@ -293,3 +293,20 @@ warn_if_debug_build() {
     note "installed driftdb.so is an unoptimized DEBUG build (cargo pgrx install --release / cargo pgrx package for real numbers)" ;;
   esac
 }
+
+# setup_table_all_systems TABLE SCHEMA_SQL LOAD_SQL: for every system in $SYSTEMS, create its
+# database, the table (USING heap or driftdb; periods adds system versioning) from
+# $HERE/scripts/SCHEMA_SQL, load $NROWS rows with LOAD_SQL, check it, analyze and prewarm it.
+setup_table_all_systems() {
+  local table=$1 schema=$2 load=$3 sys db am
+  for sys in $SYSTEMS; do
+    db=$(db_of "$sys"); create_system_db "$sys"
+    am=heap; [ "$sys" = driftdb ] && am=driftdb
+    psql_q -d "$db" -v am="$am" -f "$HERE/scripts/$schema" >/dev/null
+    [ "$sys" = periods ] && periods_version "$db" "$table"
+    psql_q -d "$db" -v nrows="$NROWS" -f "$HERE/scripts/$load" >/dev/null
+    assert_system "$sys" "$table"
+    psql_q -d "$db" -c "VACUUM ANALYZE $table"
+    prewarm "$db" "$table" "${table}_pkey"
+  done
+}

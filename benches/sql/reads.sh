@@ -37,16 +37,7 @@ bench_cluster_start reads
 warn_if_busy; warn_if_debug_build
 T0=$SECONDS
 
-for sys in $SYSTEMS; do
-  db=$(db_of "$sys"); create_system_db "$sys"
-  am=heap; [ "$sys" = driftdb ] && am=driftdb
-  psql_q -d "$db" -v am="$am" -f "$HERE/scripts/reads_schema.sql" >/dev/null
-  [ "$sys" = periods ] && periods_version "$db" rd
-  psql_q -d "$db" -v nrows="$NROWS" -f "$HERE/scripts/reads_load.sql" >/dev/null
-  assert_system "$sys" rd
-  psql_q -d "$db" -c "VACUUM ANALYZE rd"
-  prewarm "$db" rd rd_pkey
-done
+setup_table_all_systems rd reads_schema.sql reads_load.sql
 log "setup done in $((SECONDS - T0))s"
 for sys in $SYSTEMS; do
   db=$(db_of "$sys")

@@ -43,16 +43,7 @@ bench_cluster_start single_row
 warn_if_busy; warn_if_debug_build
 T0=$SECONDS
 
-for sys in $SYSTEMS; do
-  db=$(db_of "$sys"); create_system_db "$sys"
-  am=heap; [ "$sys" = driftdb ] && am=driftdb
-  psql_q -d "$db" -v am="$am" -f "$HERE/scripts/single_row_schema.sql" >/dev/null
-  [ "$sys" = periods ] && periods_version "$db" sr
-  psql_q -d "$db" -v nrows="$NROWS" -f "$HERE/scripts/single_row_load.sql" >/dev/null
-  assert_system "$sys" sr
-  psql_q -d "$db" -c "VACUUM ANALYZE sr"
-  prewarm "$db" sr sr_pkey
-done
+setup_table_all_systems sr single_row_schema.sql single_row_load.sql
 log "setup done in $((SECONDS - T0))s"
 
 for mode in $MODES; do
