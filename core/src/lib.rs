@@ -3,9 +3,11 @@
 //! It defines what a committed change looks like and how it is stored and checked:
 //! `value`/`row` (the portable value model, keyed by attnum), `event` (one change),
 //! `frame` (the versioned, CRC-protected on-disk encoding, and canonical key bytes),
-//! `replay` (rebuilding and verifying a table from its history), `txbuf` (the
-//! per-transaction change buffer the extension fills from its write callbacks) and `net`
-//! (folding a transaction's changes to one net change per row).
+//! `replay` (rebuilding and verifying a table from its history), `versions` (every version
+//! of every row, with the span of history it was current for), `snapshot` (the compressed,
+//! CRC-protected block format of snapshots), `txbuf` (the per-transaction change buffer the
+//! extension fills from its write callbacks) and `net` (folding a transaction's changes to
+//! one net change per row).
 
 #![forbid(unsafe_code)]
 
@@ -14,8 +16,10 @@ pub mod frame;
 pub mod net;
 pub mod replay;
 pub mod row;
+pub mod snapshot;
 pub mod txbuf;
 pub mod value;
+pub mod versions;
 
 pub use event::{ColumnDef, Event, Op, SchemaChange};
 pub use frame::{
@@ -24,5 +28,11 @@ pub use frame::{
 };
 pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
 pub use row::Row;
+pub use snapshot::{
+    check_block, decode_snapshot_block, encode_snapshot_block, encode_snapshot_block_with,
+    split_into_blocks, BlockError, BlockInfo, BlockKind, BlockSplitter, Codec,
+    BLOCK_FORMAT_VERSION, BLOCK_HEADER_LEN, BLOCK_MAGIC,
+};
 pub use txbuf::{Endpoint, TableChanges, TxBuf, TxBufError};
 pub use value::Value;
+pub use versions::{Version, VersionBuilder};

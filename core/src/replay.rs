@@ -525,6 +525,19 @@ pub fn fill_missing(row: &mut Row, change: &crate::event::SchemaChange) {
     }
 }
 
+/// Identity of a row image under `key_cols` (None = the whole row), as the values...
+pub(crate) fn image_key_values(key_cols: Option<&[u16]>, row: &Row) -> Vec<Value> {
+    match key_cols {
+        Some(cols) => row.project(cols),
+        None => row.0.iter().map(|(_, v)| v.clone()).collect(),
+    }
+}
+
+/// ... and as canonical key bytes (`frame::encode_key`), for hashing.
+pub(crate) fn image_key(key_cols: Option<&[u16]>, row: &Row) -> Vec<u8> {
+    encode_key(&image_key_values(key_cols, row))
+}
+
 /// Replay by row images under a caller-chosen identity.
 ///
 /// The doctor replays a table's whole history and compares it with the live rows. The key
@@ -547,18 +560,27 @@ impl ImageReplay {
         ImageReplay { key_cols, ..Default::default() }
     }
 
-    fn key(&self, row: &Row) -> Vec<u8> {
-        match &self.key_cols {
-            Some(cols) => encode_key(&row.project(cols)),
-            None => encode_key(&row.0.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()),
+    /// A replay whose state starts from a snapshot: `rows` are the table's contents after
+    /// event `last_seq` (None = before any event), and later events apply on top of them.
+    pub fn from_rows(
+        key_cols: Option<Vec<u16>>,
+        rows: impl IntoIterator<Item = Row>,
+        last_seq: Option<u64>,
+    ) -> ImageReplay {
+        let mut s = ImageReplay::new(key_cols);
+        for row in rows {
+            s.add(row);
         }
+        s.last_seq = last_seq;
+        s
+    }
+
+    fn key(&self, row: &Row) -> Vec<u8> {
+        image_key(self.key_cols.as_deref(), row)
     }
 
     fn key_values(&self, row: &Row) -> Vec<Value> {
-        match &self.key_cols {
-            Some(cols) => row.project(cols),
-            None => row.0.iter().map(|(_, v)| v.clone()).collect(),
-        }
+        image_key_values(self.key_cols.as_deref(), row)
     }
 
     fn remove_matching(&mut self, seq: u64, op: Op, old: &Row) -> Result<(), ReplayError> {
@@ -631,6 +653,16 @@ impl ImageReplay {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Seq of the last event applied successfully (or the snapshot's, see `from_rows`).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// The replayed rows, in no particular order.
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.values().flatten()
     }
 
     pub fn into_rows(self) -> impl Iterator<Item = Row> {

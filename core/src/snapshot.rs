@@ -1,0 +1,713 @@
+//! snapshot.rs — the DriftDB block: a versioned, checksummed, optionally compressed batch of
+//! rows. A snapshot (a table's full contents as of one seq) is stored as a sequence of
+//! blocks of about 1 MiB of uncompressed rows each; compacted event segments will use the
+//! same container with another kind.
+//!
+//! Block layout (all integers little-endian):
+//!
+//! ```text
+//! offset 0  2 bytes  magic  b"DS"
+//! offset 2  1 byte   BLOCK_FORMAT_VERSION (= 1)
+//! offset 3  1 byte   kind: 1 = snapshot rows, 2 = event segment (reserved)
+//! offset 4  1 byte   codec: 0 = none, 1 = zstd
+//! offset 5  3 bytes  reserved (= 0)
+//! offset 8  4 bytes  CRC-32 (IEEE, crc32fast) over every byte from offset 12 to the end
+//! offset 12 4 bytes  row count
+//! offset 16 4 bytes  raw_len: payload length uncompressed
+//! offset 20 4 bytes  stored_len: payload length as stored (= raw_len for codec 0)
+//! offset 24 ...      payload: a MessagePack array of rows (each as in row.rs), zstd-compressed
+//!                    (level 3, one zstd frame) for codec 1
+//! ```
+//!
+//! The encoder compresses a payload only when that makes it smaller. `decode_snapshot_block`
+//! checks, in this order: header present, magic, version, kind, codec, reserved bytes, CRC,
+//! lengths, decompression (to exactly raw_len bytes), payload decode (which must consume the
+//! payload exactly), row count. As in frame.rs, magic, version, kind and codec come before
+//! the CRC, which covers only what follows it: a different version may lay out the rest of
+//! the header differently, and each of these bytes is checked against its few valid values.
+
+use thiserror::Error;
+
+use crate::row::Row;
+
+pub const BLOCK_MAGIC: [u8; 2] = *b"DS";
+pub const BLOCK_FORMAT_VERSION: u8 = 1;
+pub const BLOCK_HEADER_LEN: usize = 24;
+/// zstd level the encoder uses (the zstd CLI default: fast to write, very fast to read).
+pub const ZSTD_LEVEL: i32 = 3;
+
+/// What a block holds (header byte 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BlockKind {
+    /// Rows of a snapshot.
+    Snapshot = 1,
+    /// Reserved for compacted event segments.
+    EventSegment = 2,
+}
+
+impl BlockKind {
+    pub fn from_u8(v: u8) -> Option<BlockKind> {
+        match v {
+            1 => Some(BlockKind::Snapshot),
+            2 => Some(BlockKind::EventSegment),
+            _ => None,
+        }
+    }
+}
+
+/// How a block's payload is stored (header byte 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    Uncompressed = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(v: u8) -> Option<Codec> {
+        match v {
+            0 => Some(Codec::Uncompressed),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// A block's header, as `check_block` validated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockInfo {
+    pub kind: BlockKind,
+    pub codec: Codec,
+    pub row_count: u32,
+    pub raw_len: u32,
+    pub stored_len: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum BlockError {
+    #[error("block truncated: {len} bytes, shorter than the {BLOCK_HEADER_LEN}-byte header")]
+    TruncatedHeader { len: usize },
+    #[error("bad block magic {found:02x?}, expected \"DS\"")]
+    BadMagic { found: [u8; 2] },
+    #[error("unsupported block format version {found} (this build reads version {BLOCK_FORMAT_VERSION})")]
+    UnsupportedVersion { found: u8 },
+    #[error("unknown block kind {found}")]
+    UnknownKind { found: u8 },
+    #[error("block holds {found:?}, expected {expected:?}")]
+    WrongKind { expected: BlockKind, found: BlockKind },
+    #[error("unknown block codec {found}")]
+    UnknownCodec { found: u8 },
+    #[error("reserved block header bytes are {found:02x?}, expected zeros")]
+    ReservedNotZero { found: [u8; 3] },
+    #[error("block CRC mismatch: header says {expected:#010x}, contents hash to {actual:#010x}")]
+    CrcMismatch { expected: u32, actual: u32 },
+    #[error("block length mismatch: header declares a {declared}-byte stored payload, {available} bytes follow the header")]
+    LengthMismatch { declared: u32, available: usize },
+    #[error("block raw length mismatch: header declares {declared} bytes, the payload has {actual}")]
+    RawLengthMismatch { declared: u32, actual: usize },
+    #[error("block payload does not decompress: {0}")]
+    Decompress(std::io::Error),
+    #[error("block payload does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("block payload has {trailing} trailing bytes after the rows")]
+    TrailingBytes { trailing: usize },
+    #[error("block header declares {declared} rows, the payload holds {decoded}")]
+    RowCountMismatch { declared: u32, decoded: usize },
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Checks everything up to and including the lengths (not the payload's content); returns
+/// the header and the stored payload.
+fn checked_block(
+    bytes: &[u8],
+    expect: Option<BlockKind>,
+) -> Result<(BlockInfo, &[u8]), BlockError> {
+    if bytes.len() < BLOCK_HEADER_LEN {
+        // Still report a bad magic if we can see it: that is the more useful diagnosis.
+        if bytes.len() >= 2 && bytes[..2] != BLOCK_MAGIC {
+            return Err(BlockError::BadMagic {
+                found: [bytes[0], bytes[1]],
+            });
+        }
+        return Err(BlockError::TruncatedHeader { len: bytes.len() });
+    }
+    if bytes[..2] != BLOCK_MAGIC {
+        return Err(BlockError::BadMagic {
+            found: [bytes[0], bytes[1]],
+        });
+    }
+    if bytes[2] != BLOCK_FORMAT_VERSION {
+        return Err(BlockError::UnsupportedVersion { found: bytes[2] });
+    }
+    let kind = BlockKind::from_u8(bytes[3]).ok_or(BlockError::UnknownKind { found: bytes[3] })?;
+    if let Some(expected) = expect {
+        if kind != expected {
+            return Err(BlockError::WrongKind {
+                expected,
+                found: kind,
+            });
+        }
+    }
+    let codec = Codec::from_u8(bytes[4]).ok_or(BlockError::UnknownCodec { found: bytes[4] })?;
+    if bytes[5..8] != [0, 0, 0] {
+        return Err(BlockError::ReservedNotZero {
+            found: [bytes[5], bytes[6], bytes[7]],
+        });
+    }
+    let expected = u32_at(bytes, 8);
+    let actual = crc32fast::hash(&bytes[12..]);
+    if actual != expected {
+        return Err(BlockError::CrcMismatch { expected, actual });
+    }
+    let info = BlockInfo {
+        kind,
+        codec,
+        row_count: u32_at(bytes, 12),
+        raw_len: u32_at(bytes, 16),
+        stored_len: u32_at(bytes, 20),
+    };
+    let payload = &bytes[BLOCK_HEADER_LEN..];
+    if info.stored_len as usize != payload.len() {
+        return Err(BlockError::LengthMismatch {
+            declared: info.stored_len,
+            available: payload.len(),
+        });
+    }
+    if codec == Codec::Uncompressed && info.raw_len != info.stored_len {
+        return Err(BlockError::RawLengthMismatch {
+            declared: info.raw_len,
+            actual: payload.len(),
+        });
+    }
+    Ok((info, payload))
+}
+
+/// Checks a block's header, CRC and lengths without decompressing or decoding its payload
+/// (for the doctor); accepts every known kind.
+pub fn check_block(bytes: &[u8]) -> Result<BlockInfo, BlockError> {
+    checked_block(bytes, None).map(|(info, _)| info)
+}
+
+/// Decodes a snapshot block produced by `encode_snapshot_block` (or `split_into_blocks`).
+pub fn decode_snapshot_block(bytes: &[u8]) -> Result<Vec<Row>, BlockError> {
+    let (info, stored) = checked_block(bytes, Some(BlockKind::Snapshot))?;
+    let decompressed;
+    let raw: &[u8] = match info.codec {
+        Codec::Uncompressed => stored,
+        Codec::Zstd => {
+            decompressed = zstd::bulk::decompress(stored, info.raw_len as usize)
+                .map_err(BlockError::Decompress)?;
+            if decompressed.len() != info.raw_len as usize {
+                return Err(BlockError::RawLengthMismatch {
+                    declared: info.raw_len,
+                    actual: decompressed.len(),
+                });
+            }
+            &decompressed
+        }
+    };
+    let mut rest = raw;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let rows: Vec<Row> = serde::Deserialize::deserialize(&mut de)?;
+    if !rest.is_empty() {
+        return Err(BlockError::TrailingBytes {
+            trailing: rest.len(),
+        });
+    }
+    if rows.len() != info.row_count as usize {
+        return Err(BlockError::RowCountMismatch {
+            declared: info.row_count,
+            decoded: rows.len(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Room kept in front of the encoded rows for the MessagePack array header (at most 5 bytes),
+/// so the raw payload is contiguous without copying the rows.
+const ARRAY_HEADER_ROOM: usize = 5;
+
+/// Accumulates encoded rows and turns them into blocks.
+struct BlockBuilder {
+    /// `ARRAY_HEADER_ROOM` placeholder bytes, then the rows' MessagePack.
+    buf: Vec<u8>,
+    count: usize,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl BlockBuilder {
+    fn new(codec: Codec) -> BlockBuilder {
+        let compressor = (codec == Codec::Zstd)
+            .then(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context with a valid level"));
+        BlockBuilder {
+            buf: vec![0; ARRAY_HEADER_ROOM],
+            count: 0,
+            compressor,
+        }
+    }
+
+    fn raw_len(&self) -> usize {
+        self.buf.len() - ARRAY_HEADER_ROOM
+    }
+
+    fn push(&mut self, row: &Row) {
+        // Writing into a Vec cannot fail and a Row is always serializable.
+        rmp_serde::encode::write(&mut self.buf, row).expect("row serialization is infallible");
+        self.count += 1;
+    }
+
+    /// Encodes the rows pushed so far as one block and starts afresh. Compresses (when the
+    /// builder has a compressor) unless that would not make the payload smaller; with
+    /// `force`, keeps the compressed form regardless.
+    fn take_block(&mut self, force: bool) -> Vec<u8> {
+        let count = u32::try_from(self.count).expect("more than u32::MAX rows in one block");
+        let mut hdr = [0u8; ARRAY_HEADER_ROOM];
+        let h = array_header(count, &mut hdr);
+        let start = ARRAY_HEADER_ROOM - h.len();
+        self.buf[start..ARRAY_HEADER_ROOM].copy_from_slice(h);
+        let raw = &self.buf[start..];
+        let raw_len = u32::try_from(raw.len()).expect("block payload exceeds 4 GiB");
+
+        let mut out = Vec::new();
+        let mut codec = Codec::Uncompressed;
+        if let Some(c) = &mut self.compressor {
+            let bound = zstd::zstd_safe::compress_bound(raw.len());
+            out.resize(BLOCK_HEADER_LEN + bound, 0);
+            let n = c
+                .compress_to_buffer(raw, &mut out[BLOCK_HEADER_LEN..])
+                .expect("zstd output buffer of compress_bound size");
+            if force || n < raw.len() {
+                out.truncate(BLOCK_HEADER_LEN + n);
+                codec = Codec::Zstd;
+            }
+        }
+        if codec == Codec::Uncompressed {
+            out.clear();
+            out.reserve_exact(BLOCK_HEADER_LEN + raw.len());
+            out.resize(BLOCK_HEADER_LEN, 0);
+            out.extend_from_slice(raw);
+        }
+        let stored_len = (out.len() - BLOCK_HEADER_LEN) as u32;
+        out[..2].copy_from_slice(&BLOCK_MAGIC);
+        out[2] = BLOCK_FORMAT_VERSION;
+        out[3] = BlockKind::Snapshot as u8;
+        out[4] = codec as u8;
+        out[5..8].fill(0);
+        out[12..16].copy_from_slice(&count.to_le_bytes());
+        out[16..20].copy_from_slice(&raw_len.to_le_bytes());
+        out[20..24].copy_from_slice(&stored_len.to_le_bytes());
+        let crc = crc32fast::hash(&out[12..]);
+        out[8..12].copy_from_slice(&crc.to_le_bytes());
+
+        self.buf.truncate(ARRAY_HEADER_ROOM);
+        self.count = 0;
+        out
+    }
+}
+
+/// MessagePack array header for `n` elements (as rmp-serde writes it for a sequence).
+fn array_header(n: u32, buf: &mut [u8; ARRAY_HEADER_ROOM]) -> &[u8] {
+    if n < 16 {
+        buf[0] = 0x90 | n as u8;
+        &buf[..1]
+    } else if n <= u32::from(u16::MAX) {
+        buf[0] = 0xdc;
+        buf[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+        &buf[..3]
+    } else {
+        buf[0] = 0xdd;
+        buf[1..5].copy_from_slice(&n.to_be_bytes());
+        &buf[..5]
+    }
+}
+
+/// Encodes rows as one snapshot block, zstd-compressed unless that does not make it smaller.
+pub fn encode_snapshot_block(rows: &[Row]) -> Vec<u8> {
+    let mut b = BlockBuilder::new(Codec::Zstd);
+    rows.iter().for_each(|r| b.push(r));
+    b.take_block(false)
+}
+
+/// Encodes rows as one snapshot block stored with exactly the given codec.
+pub fn encode_snapshot_block_with(rows: &[Row], codec: Codec) -> Vec<u8> {
+    let mut b = BlockBuilder::new(codec);
+    rows.iter().for_each(|r| b.push(r));
+    b.take_block(true)
+}
+
+/// Cuts a stream of rows into snapshot blocks as the rows arrive (e.g. from a table scan),
+/// so that only one block's rows are buffered: `push` returns a finished block whenever the
+/// next row would take the current one past the target, `finish` the last one.
+pub struct BlockSplitter {
+    target_raw_bytes: usize,
+    builder: BlockBuilder,
+    row_buf: Vec<u8>,
+}
+
+impl BlockSplitter {
+    /// `target_raw_bytes`: the uncompressed payload size to aim for (the extension uses
+    /// 1 MiB). A block's raw payload stays within it, except a single row that alone is
+    /// larger, which gets a block of its own.
+    pub fn new(target_raw_bytes: usize) -> BlockSplitter {
+        BlockSplitter {
+            target_raw_bytes,
+            builder: BlockBuilder::new(Codec::Zstd),
+            row_buf: Vec::new(),
+        }
+    }
+
+    /// Adds a row; returns the previous block if this row starts a new one.
+    pub fn push(&mut self, row: &Row) -> Option<Vec<u8>> {
+        self.row_buf.clear();
+        rmp_serde::encode::write(&mut self.row_buf, row).expect("row serialization is infallible");
+        let b = &mut self.builder;
+        let full = b.count > 0
+            && (ARRAY_HEADER_ROOM + b.raw_len() + self.row_buf.len() > self.target_raw_bytes
+                || b.count == u32::MAX as usize);
+        let done = full.then(|| b.take_block(false));
+        b.buf.extend_from_slice(&self.row_buf);
+        b.count += 1;
+        done
+    }
+
+    /// The last block, if any row is pending.
+    pub fn finish(mut self) -> Option<Vec<u8>> {
+        (self.builder.count > 0).then(|| self.builder.take_block(false))
+    }
+}
+
+/// Encodes rows, in order, into snapshot blocks of about `target_raw_bytes` uncompressed
+/// payload each (see `BlockSplitter`). No rows give no blocks.
+pub fn split_into_blocks(rows: impl IntoIterator<Item = Row>, target_raw_bytes: usize) -> Vec<Vec<u8>> {
+    let mut s = BlockSplitter::new(target_raw_bytes);
+    let mut blocks: Vec<Vec<u8>> = rows.into_iter().filter_map(|r| s.push(&r)).collect();
+    blocks.extend(s.finish());
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn every_value() -> Vec<Value> {
+        let scalars = vec![
+            Value::Null,
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Int(0),
+            Value::Int(-33),
+            Value::Int(i64::MIN),
+            Value::Int(i64::MAX),
+            Value::Float(-0.0),
+            Value::Float(1.25e-300),
+            Value::Float(f64::NAN),
+            Value::Float(f64::from_bits(0x7ff0_0000_dead_beef)), // NaN with a payload
+            Value::Float(f64::NEG_INFINITY),
+            Value::Text(String::new()),
+            Value::Text("héllo wörld ✓ 🎉".into()),
+            Value::Text("x".repeat(70_000)),
+            Value::Bytes(vec![]),
+            Value::Bytes((0..=255).collect()),
+            Value::Numeric("-123456789012345678901234567890.000100".into()),
+            Value::Numeric("NaN".into()),
+            Value::Date(-730_120),
+            Value::Time(86_399_999_999),
+            Value::TimeTz(3_600_000_000, -19_800),
+            Value::Timestamp(i64::MIN),
+            Value::TimestampTz(812_345_678_901_234),
+            Value::Interval {
+                months: -14,
+                days: 3,
+                micros: -5_000_001,
+            },
+            Value::Uuid([0xab; 16]),
+            Value::Other("{\"json\": [1, 2]}".into()),
+        ];
+        let mut all = scalars.clone();
+        all.push(Value::Array {
+            lower: vec![],
+            dims: vec![],
+            elems: vec![],
+        });
+        all.push(Value::Array {
+            lower: vec![1, -2],
+            dims: vec![2, 2],
+            elems: vec![
+                Value::Int(1),
+                Value::Null,
+                Value::Float(f64::NAN),
+                Value::Int(4),
+            ],
+        });
+        all.push(Value::Record(vec![]));
+        all.push(Value::Record(scalars));
+        all
+    }
+
+    /// Bitwise float identity on top of `==` (NaN payloads and the sign of zero included).
+    fn identical(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+            (Value::Array { elems: e1, .. }, Value::Array { elems: e2, .. })
+            | (Value::Record(e1), Value::Record(e2)) => {
+                a == b && e1.len() == e2.len() && e1.iter().zip(e2).all(|(x, y)| identical(x, y))
+            }
+            _ => a == b,
+        }
+    }
+
+    fn same_rows(a: &[Row], b: &[Row]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                x.0.len() == y.0.len()
+                    && x.0.iter().zip(&y.0).all(|(p, q)| p.0 == q.0 && identical(&p.1, &q.1))
+            })
+    }
+
+    /// Rows of every value variant, the variants rotated through the columns.
+    fn varied_rows(n: usize) -> Vec<Row> {
+        let values = every_value();
+        (0..n)
+            .map(|i| {
+                let mut cols: Vec<(u16, Value)> = (0..5)
+                    .map(|c| (c as u16 * 2 + 1, values[(i * 5 + c) % values.len()].clone()))
+                    .collect();
+                cols.push((20, Value::Int(i as i64)));
+                Row::new(cols)
+            })
+            .collect()
+    }
+
+    fn round_trip(rows: &[Row]) {
+        for block in [
+            encode_snapshot_block(rows),
+            encode_snapshot_block_with(rows, Codec::Uncompressed),
+            encode_snapshot_block_with(rows, Codec::Zstd),
+        ] {
+            let info = check_block(&block).unwrap();
+            assert_eq!(info.kind, BlockKind::Snapshot);
+            assert_eq!(info.row_count as usize, rows.len());
+            assert_eq!(info.stored_len as usize, block.len() - BLOCK_HEADER_LEN);
+            // the raw payload is exactly rmp-serde's encoding of the rows
+            let raw = rmp_serde::to_vec(rows).unwrap();
+            assert_eq!(info.raw_len as usize, raw.len());
+            if info.codec == Codec::Uncompressed {
+                assert_eq!(&block[BLOCK_HEADER_LEN..], raw.as_slice());
+            }
+            let back = decode_snapshot_block(&block).unwrap();
+            assert!(same_rows(&back, rows), "round trip changed the rows");
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        round_trip(&[]);
+        round_trip(&[Row::default()]);
+        round_trip(&[Row::new(vec![(1, Value::Int(1)), (2, Value::Text("one".into()))])]);
+        round_trip(&varied_rows(15));
+        round_trip(&varied_rows(16));
+        round_trip(&varied_rows(300));
+        // array header sizes: fixarray, array16, array32
+        for n in [15usize, 16, 65_535, 65_536] {
+            round_trip(&vec![Row::default(); n]);
+        }
+    }
+
+    #[test]
+    fn codec_choice_and_header() {
+        // Tiny payloads do not shrink under zstd: stored uncompressed.
+        let b = encode_snapshot_block(&[]);
+        assert_eq!(b.len(), BLOCK_HEADER_LEN + 1);
+        assert_eq!(&b[..8], &[b'D', b'S', 1, 1, 0, 0, 0, 0]);
+        assert_eq!(&b[12..], &[0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0x90]);
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), crc32fast::hash(&b[12..]));
+        // Repetitive rows do.
+        let rows = vec![Row::new(vec![(1, Value::Text("same text again".into()))]); 1000];
+        let b = encode_snapshot_block(&rows);
+        let info = check_block(&b).unwrap();
+        assert_eq!(info.codec, Codec::Zstd);
+        assert!(info.stored_len * 10 < info.raw_len, "{info:?}");
+        assert_eq!(decode_snapshot_block(&b).unwrap(), rows);
+    }
+
+    fn reseal(b: &mut [u8]) {
+        let crc = crc32fast::hash(&b[12..]);
+        b[8..12].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    #[test]
+    fn every_error() {
+        let rows = varied_rows(50);
+        for codec in [Codec::Uncompressed, Codec::Zstd] {
+            let good = encode_snapshot_block_with(&rows, codec);
+            let err = |b: &[u8]| decode_snapshot_block(b).unwrap_err();
+
+            // A flipped payload byte (anywhere after the CRC): CRC error, in check_block too.
+            for at in [12, 17, 22, BLOCK_HEADER_LEN, good.len() / 2, good.len() - 1] {
+                let mut b = good.clone();
+                b[at] ^= 0x20;
+                assert!(matches!(err(&b), BlockError::CrcMismatch { .. }), "byte {at}");
+                assert!(matches!(check_block(&b), Err(BlockError::CrcMismatch { .. })));
+            }
+            // Truncated: header, then payload.
+            assert!(matches!(err(&good[..10]), BlockError::TruncatedHeader { len: 10 }));
+            assert!(matches!(err(&[]), BlockError::TruncatedHeader { len: 0 }));
+            assert!(matches!(err(&good[..good.len() - 1]), BlockError::CrcMismatch { .. }));
+            assert!(matches!(err(&good[..BLOCK_HEADER_LEN]), BlockError::CrcMismatch { .. }));
+            // Header bytes, each checked before the CRC.
+            let mut b = good.clone();
+            b[0] = b'X';
+            assert!(matches!(err(&b), BlockError::BadMagic { found: [b'X', b'S'] }));
+            assert!(matches!(err(&b[..5]), BlockError::BadMagic { .. }));
+            let mut b = good.clone();
+            b[2] = 2;
+            assert!(matches!(err(&b), BlockError::UnsupportedVersion { found: 2 }));
+            let mut b = good.clone();
+            b[3] = 9;
+            assert!(matches!(err(&b), BlockError::UnknownKind { found: 9 }));
+            b[3] = 2;
+            assert!(matches!(
+                err(&b),
+                BlockError::WrongKind { expected: BlockKind::Snapshot, found: BlockKind::EventSegment }
+            ));
+            assert_eq!(check_block(&b).unwrap().kind, BlockKind::EventSegment);
+            let mut b = good.clone();
+            b[4] = 7;
+            assert!(matches!(err(&b), BlockError::UnknownCodec { found: 7 }));
+            let mut b = good.clone();
+            b[6] = 1;
+            assert!(matches!(err(&b), BlockError::ReservedNotZero { found: [0, 1, 0] }));
+
+            // Lengths, counts and content that pass the CRC (a buggy writer): resealed.
+            let mut b = good.clone();
+            b[20] ^= 1;
+            reseal(&mut b);
+            assert!(matches!(err(&b), BlockError::LengthMismatch { .. }));
+            let mut b = good.clone();
+            b[12] ^= 1;
+            reseal(&mut b);
+            assert!(matches!(err(&b), BlockError::RowCountMismatch { declared: 51, decoded: 50 }));
+            assert_eq!(check_block(&b).unwrap().row_count, 51);
+            let mut b = good.clone();
+            b[16] ^= 1;
+            reseal(&mut b);
+            match codec {
+                Codec::Uncompressed => assert!(matches!(err(&b), BlockError::RawLengthMismatch { .. })),
+                // a zstd frame records its content size: a wrong raw_len fails to decompress
+                Codec::Zstd => assert!(matches!(
+                    err(&b),
+                    BlockError::RawLengthMismatch { .. } | BlockError::Decompress(_)
+                )),
+            }
+            // The codec byte swapped for the other one.
+            let mut b = good.clone();
+            b[4] ^= 1;
+            match codec {
+                Codec::Uncompressed => assert!(matches!(err(&b), BlockError::Decompress(_))),
+                Codec::Zstd => assert!(matches!(err(&b), BlockError::RawLengthMismatch { .. })),
+            }
+        }
+
+        // Payloads that are not (exactly) an array of rows.
+        let block_of = |raw: &[u8], count: u32| {
+            let mut b = vec![b'D', b'S', 1, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(&count.to_le_bytes());
+            b.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            b.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+            b.extend_from_slice(raw);
+            reseal(&mut b);
+            b
+        };
+        let mut raw = rmp_serde::to_vec(&rows).unwrap();
+        assert_eq!(decode_snapshot_block(&block_of(&raw, 50)).unwrap(), rows);
+        raw.push(0xc0);
+        assert!(matches!(
+            decode_snapshot_block(&block_of(&raw, 50)),
+            Err(BlockError::TrailingBytes { trailing: 1 })
+        ));
+        assert!(matches!(
+            decode_snapshot_block(&block_of(&[0x91, 0x05], 1)),
+            Err(BlockError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_snapshot_block(&block_of(&raw[..raw.len() - 10], 50)),
+            Err(BlockError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn split_preserves_order_and_count() {
+        let rows = varied_rows(2_000);
+        let target = 64 * 1024;
+        let blocks = split_into_blocks(rows.clone(), target);
+        assert!(blocks.len() > 3, "{} blocks", blocks.len());
+        let mut back = Vec::new();
+        for b in &blocks {
+            let info = check_block(b).unwrap();
+            // within the target, unless one row alone exceeds it
+            assert!(info.raw_len as usize <= target || info.row_count == 1, "{info:?}");
+            back.extend(decode_snapshot_block(b).unwrap());
+        }
+        assert!(same_rows(&back, &rows));
+        // blocks are filled: each one plus the next block's first row would exceed the target
+        for w in blocks.windows(2) {
+            let next_first = decode_snapshot_block(&w[1]).unwrap().remove(0);
+            let grown = check_block(&w[0]).unwrap().raw_len as usize
+                + rmp_serde::to_vec(&next_first).unwrap().len();
+            assert!(grown + ARRAY_HEADER_ROOM > target);
+        }
+
+        assert!(split_into_blocks(Vec::new(), target).is_empty());
+        // a tiny target: one row per block
+        let blocks = split_into_blocks(rows[..10].to_vec(), 1);
+        assert_eq!(blocks.len(), 10);
+        let back: Vec<Row> = blocks.iter().flat_map(|b| decode_snapshot_block(b).unwrap()).collect();
+        assert!(same_rows(&back, &rows[..10]));
+        // a huge target: one block
+        assert_eq!(split_into_blocks(rows.clone(), usize::MAX).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod perf_tmp {
+    use super::*;
+    use crate::value::Value;
+    use std::time::Instant;
+    #[test]
+    #[ignore]
+    fn perf() {
+        let rows: Vec<Row> = (0..100_000i64).map(|id| Row(vec![
+            (1, Value::Int(id)),
+            (2, Value::Text(format!("customer {id:07} v00"))),
+            (3, Value::Numeric(format!("{}.{:02}", 10 + (id * 7919) % 99_990, id % 100))),
+            (4, Value::TimestampTz(820_000_000_000_000 + id * 1_000_003)),
+            (5, Value::Bool(id % 3 == 0)),
+        ])).collect();
+        let raw = rmp_serde::to_vec(&rows).unwrap();
+        let z = zstd::bulk::compress(&raw, 3).unwrap();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let d = zstd::bulk::decompress(&z, raw.len()).unwrap();
+            println!("zstd decompress {:?}", t.elapsed());
+            let t = Instant::now();
+            let r: Vec<Row> = rmp_serde::from_slice(&d).unwrap();
+            println!("from_slice {:?} {}", t.elapsed(), r.len());
+            let t = Instant::now();
+            let mut rest = &d[..];
+            let mut de = rmp_serde::Deserializer::new(&mut rest);
+            let r: Vec<Row> = serde::Deserialize::deserialize(&mut de).unwrap();
+            println!("ReadReader {:?} {}", t.elapsed(), r.len());
+            let t = Instant::now();
+            drop(r);
+            println!("drop {:?}", t.elapsed());
+            let t = Instant::now();
+            let r: Vec<Vec<(u16, Value)>> = rows.iter().map(|r| r.0.clone()).collect();
+            println!("clone {:?} {}", t.elapsed(), r.len());
+        }
+    }
+}
