@@ -20,7 +20,12 @@ CREATE TABLE driftdb.tables (
     table_id          integer PRIMARY KEY,
     relid             regclass NOT NULL UNIQUE,
     registered_seq    bigint NOT NULL,          -- seq of the first transaction recorded
-    history_start_seq bigint NOT NULL DEFAULT 0 -- history is complete after this seq (0: from creation)
+    history_start_seq bigint NOT NULL DEFAULT 0, -- history is complete after this seq (0: from creation)
+    key_attnums       int2[],                   -- identity the events' keys were recorded under at
+                                                -- registration ('{}': REPLICA IDENTITY FULL, NULL: none)
+    keys_stable       boolean NOT NULL DEFAULT true -- false once the identity changed: keys of
+                                                -- older events no longer name rows by the current
+                                                -- identity, so AS OF key lookups replay instead
 ) USING heap;
 
 -- One row per committed transaction that changed driftdb rows: the audit trail.
@@ -54,11 +59,25 @@ CREATE INDEX events_key ON driftdb.events (table_id, key, seq);
 -- frames are already compact MessagePack: skip pglz and keep short rows inline
 ALTER TABLE driftdb.events ALTER COLUMN frame SET STORAGE EXTERNAL;
 
+-- Snapshots: a table's full state at one seq, in compressed blocks (driftdb_core::snapshot,
+-- format in docs/architecture.md). Derived from the events (any snapshot can be rebuilt from
+-- them); they bound the cost of a full AS OF read to about the state size.
+CREATE TABLE driftdb.snapshots (
+    table_id integer NOT NULL,
+    seq      bigint NOT NULL,        -- the state after every transaction with seq <= this
+    block    integer NOT NULL,       -- 0..nblocks-1
+    nrows    integer NOT NULL,       -- rows in this block
+    data     bytea NOT NULL,         -- one snapshot block (magic "DS", CRC-32, zstd payload)
+    PRIMARY KEY (table_id, seq, block)
+) USING heap;
+ALTER TABLE driftdb.snapshots ALTER COLUMN data SET STORAGE EXTERNAL;
+
 SELECT pg_catalog.pg_extension_config_dump('driftdb.tables', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commits', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.events', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commit_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.table_id_seq', '');
 
-REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events FROM PUBLIC;
+REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events, driftdb.snapshots FROM PUBLIC;
 REVOKE ALL ON SEQUENCE driftdb.commit_seq, driftdb.table_id_seq FROM PUBLIC;

@@ -12,6 +12,8 @@
 //!                 driftdb must see (writes, truncate, index builds, TOAST) wrapped.
 //! - [`history`] — capture: the per-transaction change buffer, commit stamping, the codec.
 //! - [`hooks`]   — PostgreSQL hooks (ProcessUtility: ALTER TABLE and history).
+//! - [`timetravel`] — reading the past: AS OF, versions, changes, snapshots; the planner hooks
+//!                 and the DriftDB history scan.
 //! - [`preload`] — the shared_preload_libraries requirement and its error.
 //!
 //! See `docs/architecture.md` for the data flow, on-disk formats and decision records.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod history;
 pub mod hooks;
 pub mod preload;
+pub mod timetravel;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/history.sql", name = "history", requires = ["bootstrap"]);
@@ -36,6 +39,7 @@ pub extern "C-unwind" fn _PG_init() {
     am::init();
     history::init();
     hooks::init();
+    timetravel::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -24,6 +24,7 @@ pub(super) unsafe extern "C-unwind" fn tuple_insert(
     options: i32,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
+    crate::timetravel::guc::refuse_write(rel);
     heap_fn!(tuple_insert)(rel, slot, cid, options, bistate);
     if capture::is_captured(rel) {
         capture::on_insert(rel, &(*slot).tts_tid);
@@ -39,6 +40,7 @@ pub(super) unsafe extern "C-unwind" fn multi_insert(
     options: i32,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
+    crate::timetravel::guc::refuse_write(rel);
     heap_fn!(multi_insert)(rel, slots, nslots, cid, options, bistate);
     if capture::is_captured(rel) {
         for i in 0..nslots as usize {
@@ -73,6 +75,7 @@ pub(super) unsafe extern "C-unwind" fn tuple_delete(
     tmfd: *mut pg_sys::TM_FailureData,
     changing_part: bool,
 ) -> pg_sys::TM_Result::Type {
+    crate::timetravel::guc::refuse_write(rel);
     let captured = capture::is_captured(rel);
     if captured {
         identity::require(rel, "delete");
@@ -98,6 +101,7 @@ pub(super) unsafe extern "C-unwind" fn tuple_update(
     lockmode: *mut pg_sys::LockTupleMode::Type,
     update_indexes: *mut bool,
 ) -> pg_sys::TM_Result::Type {
+    crate::timetravel::guc::refuse_write(rel);
     let captured = capture::is_captured(rel);
     if captured {
         identity::require(rel, "update");
@@ -125,6 +129,9 @@ pub(super) unsafe extern "C-unwind" fn relation_set_new_filenode(
     // heap_create passes the relation's own rd_node; RelationSetNewRelfilenode (TRUNCATE)
     // passes a freshly allocated filenode.
     let is_truncate = (*newrnode).relNode != (*rel).rd_node.relNode;
+    if is_truncate {
+        crate::timetravel::guc::refuse_write(rel);
+    }
     heap_fn!(relation_set_new_filenode)(rel, newrnode, persistence, freeze_xid, minmulti);
     if is_truncate && capture::is_captured(rel) {
         capture::on_truncate(rel);
@@ -134,6 +141,7 @@ pub(super) unsafe extern "C-unwind" fn relation_set_new_filenode(
 /// TRUNCATE of a table created (or given new storage) in the current subtransaction.
 #[pg_guard]
 pub(super) unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
+    crate::timetravel::guc::refuse_write(rel);
     heap_fn!(relation_nontransactional_truncate)(rel);
     if capture::is_captured(rel) {
         capture::on_truncate(rel);

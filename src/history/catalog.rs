@@ -22,6 +22,9 @@ pub struct Catalog {
     pub commits_pkey: pg_sys::Oid,
     pub events: pg_sys::Oid,
     pub events_pkey: pg_sys::Oid,
+    pub events_key: pg_sys::Oid,
+    pub snapshots: pg_sys::Oid,
+    pub snapshots_pkey: pg_sys::Oid,
     pub commit_seq: pg_sys::Oid,
     pub table_id_seq: pg_sys::Oid,
 }
@@ -49,10 +52,13 @@ impl Catalog {
             commits_pkey: relid(nsp, "commits_pkey"),
             events: relid(nsp, "events"),
             events_pkey: relid(nsp, "events_pkey"),
+            events_key: relid(nsp, "events_key"),
+            snapshots: relid(nsp, "snapshots"),
+            snapshots_pkey: relid(nsp, "snapshots_pkey"),
             commit_seq: relid(nsp, "commit_seq"),
             table_id_seq: relid(nsp, "table_id_seq"),
         };
-        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.commit_seq, c.table_id_seq]
+        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.events_key, c.snapshots, c.snapshots_pkey, c.commit_seq, c.table_id_seq]
             .contains(&pg_sys::InvalidOid)
         {
             return None;

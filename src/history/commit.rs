@@ -282,8 +282,67 @@ unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
         return id;
     }
     let id = register(cat, relid, seq, baseline);
+    check_keys(cat, relid);
     TABLE_IDS.with(|c| c.borrow_mut().insert(relid, (id, false)));
     id
+}
+
+/// The identity as stored in `driftdb.tables.key_attnums`: the key columns, `{}` for FULL,
+/// NULL for none.
+unsafe fn identity_attnums(relid: pg_sys::Oid) -> Option<Vec<i16>> {
+    let rel = pg_sys::RelationIdGetRelation(relid);
+    let ident = identity::of(rel);
+    pg_sys::RelationClose(rel);
+    match ident {
+        Identity::Key(cols) => Some(cols.into_iter().map(|c| c as i16).collect()),
+        Identity::Full => Some(Vec::new()),
+        Identity::None => None,
+    }
+}
+
+/// On a cache miss (first commit in this backend, or after the table's relcache entry was
+/// invalidated — which every identity change does): if the table's identity is no longer the
+/// one its events were keyed by at registration, mark its keys unstable, once. AS OF key
+/// lookups then replay instead of trusting the key index (timetravel/reader.rs).
+unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid) {
+    let current = identity_attnums(relid);
+    let stable_and_same = |cat: &Catalog| {
+        let mut r = (true, true);
+        let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
+        catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+            let stable = catalog::attr(tup, rel, 6).is_none_or(|d| d.value() != 0);
+            let registered: Option<Vec<i16>> = catalog::attr(tup, rel, 5).and_then(|d| Vec::<i16>::from_datum(d, false));
+            r = (stable, registered == current);
+            false
+        });
+        r
+    };
+    let (stable, same) = stable_and_same(cat);
+    if !stable || same {
+        return;
+    }
+    pg_sys::LockDatabaseObject(cat.tables, relid, 0, pg_sys::ExclusiveLock as i32);
+    if !stable_and_same(cat).0 {
+        return;
+    }
+    let rel = pg_sys::table_open(cat.tables, pg_sys::RowExclusiveLock as i32);
+    let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
+    let mut target: Option<pg_sys::HeapTuple> = None;
+    catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, _| {
+        target = Some(pg_sys::heap_copytuple(tup));
+        false
+    });
+    if let Some(tup) = target {
+        let natts = (*(*rel).rd_att).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        let mut repl = vec![false; natts];
+        values[5] = pg_sys::Datum::from(false);
+        repl[5] = true;
+        let newtup = pg_sys::heap_modify_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr(), repl.as_mut_ptr());
+        pg_sys::CatalogTupleUpdate(rel, &mut (*newtup).t_self, newtup);
+    }
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
 }
 
 unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) -> i32 {
@@ -301,8 +360,16 @@ unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
     // history_start_seq: 0 = complete since the table was created; a converted table's history
     // starts with the conversion
     let start = if baseline { seq } else { 0 };
-    let mut values = [id.into_datum().unwrap(), pg_sys::Datum::from(relid), seq.into_datum().unwrap(), start.into_datum().unwrap()];
-    w.insert(&mut values, &mut [false; 4]);
+    let key_attnums = identity_attnums(relid);
+    let mut values = [
+        id.into_datum().unwrap(),
+        pg_sys::Datum::from(relid),
+        seq.into_datum().unwrap(),
+        start.into_datum().unwrap(),
+        key_attnums.clone().into_datum().unwrap_or(pg_sys::Datum::from(0usize)),
+        pg_sys::Datum::from(true),
+    ];
+    w.insert(&mut values, &mut [false, false, false, false, key_attnums.is_none(), false]);
     id
 }
 

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod catalog;
 pub mod codec;
 pub mod commit;
+pub mod decode;
 pub mod ddl;
 pub mod identity;
 pub mod settle;

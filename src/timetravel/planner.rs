@@ -1,0 +1,451 @@
+//! Planner hooks for historical reads.
+//!
+//! * `post_parse_analyze_hook`: `driftdb.as_of(NULL::t, x)` in a FROM clause is rewritten into a
+//!   reference to `t` itself carrying the AS OF point as a TABLESAMPLE clause with one of
+//!   driftdb's two *marker* sampling methods, `driftdb.as_of_seq(bigint)` and
+//!   `driftdb.as_of_time(timestamptz)`. The reference is then an ordinary table reference:
+//!   privileges are checked by the executor, row-level security policies are added by the
+//!   rewriter and apply to historical rows, views store it (and pg_dump prints it as
+//!   `t TABLESAMPLE driftdb.as_of_seq(...)`), outer joins and LATERAL work. Users may write the
+//!   TABLESAMPLE form themselves.
+//! * `set_rel_pathlist_hook`: a driftdb table scanned with a marker, or any driftdb table while
+//!   `driftdb.as_of` is set, gets the DriftDB history scan (`scan.rs`) as its only path —
+//!   every current-state path (seq, index, index-only, bitmap, parallel) is removed, since none
+//!   of them can see the past. Equality on all identity columns is pushed into the scan as a
+//!   key lookup. A driftdb table that the statement writes or locks while `driftdb.as_of` is set
+//!   is refused (25006).
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::{guc, scan};
+use crate::history::identity::{self, Identity};
+
+static mut PREV_ANALYZE: pg_sys::post_parse_analyze_hook_type = None;
+static mut PREV_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
+
+pub fn init() {
+    // SAFETY: hook installation from _PG_init (single-threaded), chaining the previous hooks.
+    unsafe {
+        PREV_ANALYZE = pg_sys::post_parse_analyze_hook;
+        pg_sys::post_parse_analyze_hook = Some(post_parse_analyze);
+        PREV_PATHLIST = pg_sys::set_rel_pathlist_hook;
+        pg_sys::set_rel_pathlist_hook = Some(set_rel_pathlist);
+    }
+}
+
+/// OIDs of driftdb's functions, looked up by signature (None: extension not installed here).
+#[derive(Clone, Copy)]
+pub struct Funcs {
+    pub as_of_seq: pg_sys::Oid,
+    pub as_of_time: pg_sys::Oid,
+    pub tsm_seq: pg_sys::Oid,
+    pub tsm_time: pg_sys::Oid,
+}
+
+unsafe fn func_oid(sig: &std::ffi::CStr) -> pg_sys::Oid {
+    // regprocedurein-style lookup that returns InvalidOid instead of raising
+    let d = pgrx::direct_function_call_as_datum(pg_sys::to_regprocedure, &[Some(pg_sys::Datum::from(pg_sys::cstring_to_text(sig.as_ptr())))]);
+    d.map_or(pg_sys::InvalidOid, |d| pg_sys::Oid::from(d.value() as u32))
+}
+
+thread_local! {
+    static FUNCS: RefCell<Option<(pg_sys::Oid, Funcs)>> = const { RefCell::new(None) };
+    /// relid → is it a driftdb table (per backend; relkind/AM do not change under a lock).
+    static IS_DRIFTDB: RefCell<HashMap<pg_sys::Oid, bool>> = RefCell::new(HashMap::new());
+}
+
+/// The function OIDs, cached per database session (keyed by the extension's schema OID, so a
+/// dropped and re-created extension is looked up again).
+pub fn funcs() -> Option<Funcs> {
+    // SAFETY: syscache lookups inside a transaction.
+    unsafe {
+        if !pg_sys::IsTransactionState() {
+            return None;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"driftdb".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return None;
+        }
+        if let Some((n, f)) = FUNCS.with(|c| *c.borrow()) {
+            if n == nsp {
+                return Some(f);
+            }
+        }
+        let f = Funcs {
+            as_of_seq: func_oid(c"driftdb.as_of(anyelement,bigint)"),
+            as_of_time: func_oid(c"driftdb.as_of(anyelement,timestamptz)"),
+            tsm_seq: func_oid(c"driftdb.as_of_seq(internal)"),
+            tsm_time: func_oid(c"driftdb.as_of_time(internal)"),
+        };
+        if [f.as_of_seq, f.as_of_time, f.tsm_seq, f.tsm_time].contains(&pg_sys::InvalidOid) {
+            return None; // mid CREATE EXTENSION
+        }
+        FUNCS.with(|c| *c.borrow_mut() = Some((nsp, f)));
+        Some(f)
+    }
+}
+
+/// Is `relid` a driftdb table?
+pub fn is_driftdb(relid: pg_sys::Oid) -> bool {
+    if let Some(b) = IS_DRIFTDB.with(|c| c.borrow().get(&relid).copied()) {
+        return b;
+    }
+    // SAFETY: relcache lookup of an OID the planner/parser already locked.
+    let b = unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return false;
+        }
+        let b = (*rel).rd_tableam == crate::am::routine() as *const pg_sys::TableAmRoutine;
+        pg_sys::RelationClose(rel);
+        b
+    };
+    IS_DRIFTDB.with(|c| c.borrow_mut().insert(relid, b));
+    b
+}
+
+/// Forget cached facts about a relation (relcache invalidation).
+pub fn forget(relid: pg_sys::Oid) {
+    IS_DRIFTDB.with(|c| {
+        if relid == pg_sys::InvalidOid {
+            c.borrow_mut().clear();
+        } else {
+            c.borrow_mut().remove(&relid);
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// post-parse-analysis: as_of(...) in FROM → the table with a marker TABLESAMPLE
+// ------------------------------------------------------------------------------------------
+
+#[pg_guard]
+unsafe extern "C-unwind" fn post_parse_analyze(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query, jstate: *mut pg_sys::JumbleState) {
+    if let Some(prev) = PREV_ANALYZE {
+        prev(pstate, query, jstate);
+    }
+    if let Some(f) = funcs() {
+        let mut f = f;
+        walker(query as *mut pg_sys::Node, &mut f as *mut Funcs as *mut std::ffi::c_void);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    match (*node).type_ {
+        pg_sys::NodeTag::T_RangeTblEntry => {
+            rewrite_rte(node as *mut pg_sys::RangeTblEntry, &*(ctx as *const Funcs));
+            false
+        }
+        pg_sys::NodeTag::T_Query => {
+            pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(walker), ctx, pg_sys::QTW_EXAMINE_RTES_BEFORE as i32)
+        }
+        _ => pg_sys::expression_tree_walker(node, Some(walker), ctx),
+    }
+}
+
+unsafe fn rewrite_rte(rte: *mut pg_sys::RangeTblEntry, f: &Funcs) {
+    if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION || (*rte).funcordinality {
+        return;
+    }
+    let fl = pgrx::PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions);
+    if fl.len() != 1 {
+        return;
+    }
+    let rtf = fl.get_ptr(0).unwrap();
+    let fe = (*rtf).funcexpr as *mut pg_sys::FuncExpr;
+    if fe.is_null() || (*fe).xpr.type_ != pg_sys::NodeTag::T_FuncExpr {
+        return;
+    }
+    let tsm = if (*fe).funcid == f.as_of_seq {
+        f.tsm_seq
+    } else if (*fe).funcid == f.as_of_time {
+        f.tsm_time
+    } else {
+        return;
+    };
+    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args);
+    let (Some(a0), Some(a1)) = (args.get_ptr(0), args.get_ptr(1)) else { return };
+    // the table comes from the type of the first argument (NULL::t); any expression of the
+    // row type names it, but only a constant can be dropped without changing the query
+    if (*a0).type_ != pg_sys::NodeTag::T_Const {
+        return;
+    }
+    let typ = (*(a0 as *mut pg_sys::Const)).consttype;
+    let relid = pg_sys::get_typ_typrelid(typ);
+    if relid == pg_sys::InvalidOid || pg_sys::get_rel_relkind(relid) as u8 != pg_sys::RELKIND_RELATION {
+        return;
+    }
+    pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as i32);
+    if !is_driftdb(relid) {
+        return; // the function itself reports the error when it runs
+    }
+    let tsc = pg_sys::palloc0(std::mem::size_of::<pg_sys::TableSampleClause>()) as *mut pg_sys::TableSampleClause;
+    (*tsc).type_ = pg_sys::NodeTag::T_TableSampleClause;
+    (*tsc).tsmhandler = tsm;
+    (*tsc).args = pg_sys::lappend(std::ptr::null_mut(), a1 as *mut std::ffi::c_void);
+    (*tsc).repeatable = std::ptr::null_mut();
+
+    (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+    (*rte).relid = relid;
+    (*rte).relkind = pg_sys::RELKIND_RELATION as std::ffi::c_char;
+    (*rte).rellockmode = pg_sys::AccessShareLock as i32;
+    (*rte).tablesample = tsc;
+    (*rte).inh = false; // the function reads this table's own history only
+    (*rte).functions = std::ptr::null_mut();
+    (*rte).funcordinality = false;
+    (*rte).requiredPerms = pg_sys::ACL_SELECT as pg_sys::AclMode;
+    (*rte).checkAsUser = pg_sys::InvalidOid;
+    // whole rows are returned: SELECT on every column (or the table) is required
+    (*rte).selectedCols = pg_sys::bms_add_member(std::ptr::null_mut(), 0 - pg_sys::FirstLowInvalidHeapAttributeNumber);
+}
+
+// ------------------------------------------------------------------------------------------
+// path generation
+// ------------------------------------------------------------------------------------------
+
+/// Where a historical scan's point comes from.
+pub enum PointSource {
+    /// the session setting `driftdb.as_of`, read when the scan starts
+    Session,
+    /// a marker TABLESAMPLE: (expression, true = seq / false = time)
+    Marker(*mut pg_sys::Node, bool),
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn set_rel_pathlist(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, rti: pg_sys::Index, rte: *mut pg_sys::RangeTblEntry) {
+    if let Some(prev) = PREV_PATHLIST {
+        prev(root, rel, rti, rte);
+    }
+    if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION || (*rte).inh || (*rte).relkind as u8 != pg_sys::RELKIND_RELATION {
+        return;
+    }
+    let marker = marker_of(rte);
+    let session = guc::current().is_some();
+    if marker.is_none() && !session {
+        return;
+    }
+    if !is_driftdb((*rte).relid) {
+        return;
+    }
+    let source = match marker {
+        Some(m) => m,
+        None => {
+            refuse_if_written(root, rti, (*rte).relid);
+            PointSource::Session
+        }
+    };
+    let key = key_pushdown(root, rel, (*rte).relid);
+    (*rel).pathlist = std::ptr::null_mut();
+    (*rel).partial_pathlist = std::ptr::null_mut();
+    scan::add_path(root, rel, source, key);
+}
+
+/// The marker TABLESAMPLE of a table reference, if any.
+unsafe fn marker_of(rte: *mut pg_sys::RangeTblEntry) -> Option<PointSource> {
+    let tsc = (*rte).tablesample;
+    if tsc.is_null() {
+        return None;
+    }
+    let f = funcs()?;
+    let is_seq = if (*tsc).tsmhandler == f.tsm_seq {
+        true
+    } else if (*tsc).tsmhandler == f.tsm_time {
+        false
+    } else {
+        return None;
+    };
+    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*tsc).args);
+    Some(PointSource::Marker(args.get_ptr(0)?, is_seq))
+}
+
+unsafe fn refuse_if_written(root: *mut pg_sys::PlannerInfo, rti: pg_sys::Index, relid: pg_sys::Oid) {
+    let parse = (*root).parse;
+    let mut written = (*parse).resultRelation as pg_sys::Index == rti && (*parse).commandType != pg_sys::CmdType::CMD_SELECT;
+    let marks = pgrx::PgList::<pg_sys::PlanRowMark>::from_pg((*root).rowMarks);
+    for m in marks.iter_ptr() {
+        if (*m).rti == rti && (*m).markType != pg_sys::RowMarkType::ROW_MARK_REFERENCE && (*m).markType != pg_sys::RowMarkType::ROW_MARK_COPY {
+            written = true;
+        }
+    }
+    if written {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        guc::refuse_write(rel);
+        pg_sys::RelationClose(rel);
+    }
+}
+
+/// Equality on every identity column: (attnum, value expression) in identity order.
+unsafe fn key_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid) -> Option<Vec<(u16, *mut pg_sys::Node)>> {
+    let r = pg_sys::RelationIdGetRelation(relid);
+    let ident = identity::of(r);
+    let desc = (*r).rd_att;
+    let Identity::Key(cols) = ident else {
+        pg_sys::RelationClose(r);
+        return None;
+    };
+    let natts = (*desc).natts as usize;
+    let attrs = (*desc).attrs.as_slice(natts);
+    let mut found: Vec<Option<*mut pg_sys::Node>> = vec![None; cols.len()];
+    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
+    for ri in ris.iter_ptr() {
+        if (*ri).pseudoconstant {
+            continue;
+        }
+        let clause = (*ri).clause as *mut pg_sys::Node;
+        if (*clause).type_ != pg_sys::NodeTag::T_OpExpr {
+            continue;
+        }
+        let op = clause as *mut pg_sys::OpExpr;
+        let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
+        if args.len() != 2 {
+            continue;
+        }
+        for (var, other) in [(args.get_ptr(0).unwrap(), args.get_ptr(1).unwrap()), (args.get_ptr(1).unwrap(), args.get_ptr(0).unwrap())] {
+            let var = strip_relabel(var);
+            if (*var).type_ != pg_sys::NodeTag::T_Var {
+                continue;
+            }
+            let v = var as *mut pg_sys::Var;
+            if (*v).varno as u32 != (*rel).relid || (*v).varlevelsup != 0 || (*v).varattno <= 0 {
+                continue;
+            }
+            let Some(pos) = cols.iter().position(|&c| c as i16 == (*v).varattno) else { continue };
+            let a = &attrs[(*v).varattno as usize - 1];
+            if !key_type_ok(a.atttypid, a.attcollation) || !is_type_eq(op, a.atttypid) {
+                continue;
+            }
+            // the other side must be computable before the scan: no Vars of this rel, nothing volatile
+            let varnos = pg_sys::pull_varnos(root, other);
+            if pg_sys::bms_is_member((*rel).relid as i32, varnos) || pg_sys::contain_volatile_functions(other) {
+                continue;
+            }
+            if !pg_sys::bms_is_empty(varnos) {
+                continue; // a join clause: no parameterized history paths (yet)
+            }
+            found[pos] = Some(other);
+        }
+    }
+    pg_sys::RelationClose(r);
+    if found.iter().all(|f| f.is_some()) {
+        Some(cols.iter().zip(found).map(|(c, f)| (*c, f.unwrap())).collect())
+    } else {
+        None
+    }
+}
+
+unsafe fn strip_relabel(mut n: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    while (*n).type_ == pg_sys::NodeTag::T_RelabelType {
+        n = (*(n as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node;
+    }
+    n
+}
+
+/// Types whose equality is exactly "same stored value" (so an encoded key finds every row the
+/// operator would match): integers, text types under a deterministic collation, uuid, bool,
+/// date and timestamps, bytea.
+unsafe fn key_type_ok(typid: pg_sys::Oid, coll: pg_sys::Oid) -> bool {
+    let base = pg_sys::getBaseType(typid);
+    match base {
+        pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID | pg_sys::UUIDOID | pg_sys::BOOLOID | pg_sys::DATEOID | pg_sys::TIMESTAMPOID
+        | pg_sys::TIMESTAMPTZOID | pg_sys::BYTEAOID | pg_sys::OIDOID => true,
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => coll == pg_sys::InvalidOid || pg_sys::get_collation_isdeterministic(coll),
+        _ => false,
+    }
+}
+
+/// Is the operator the equality of the column's type (both inputs of that type)?
+unsafe fn is_type_eq(op: *mut pg_sys::OpExpr, typid: pg_sys::Oid) -> bool {
+    let tce = pg_sys::lookup_type_cache(pg_sys::getBaseType(typid), pg_sys::TYPECACHE_EQ_OPR as i32);
+    !tce.is_null() && (*tce).eq_opr == (*op).opno
+}
+
+// ------------------------------------------------------------------------------------------
+// the marker sampling methods
+// ------------------------------------------------------------------------------------------
+
+unsafe fn tsm_routine(param: pg_sys::Oid) -> pg_sys::Datum {
+    let r = pg_sys::palloc0(std::mem::size_of::<pg_sys::TsmRoutine>()) as *mut pg_sys::TsmRoutine;
+    (*r).type_ = pg_sys::NodeTag::T_TsmRoutine;
+    (*r).parameterTypes = pg_sys::lappend_oid(std::ptr::null_mut(), param);
+    (*r).repeatable_across_queries = true;
+    (*r).repeatable_across_scans = true;
+    (*r).SampleScanGetSampleSize = Some(tsm_size);
+    (*r).BeginSampleScan = Some(tsm_begin);
+    (*r).NextSampleTuple = Some(tsm_next);
+    pg_sys::Datum::from(r)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tsm_size(
+    _root: *mut pg_sys::PlannerInfo,
+    baserel: *mut pg_sys::RelOptInfo,
+    _params: *mut pg_sys::List,
+    pages: *mut pg_sys::BlockNumber,
+    tuples: *mut f64,
+) {
+    *pages = (*baserel).pages;
+    *tuples = (*baserel).tuples.max(1.0);
+}
+
+fn not_here() -> ! {
+    crate::error::DriftError::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "driftdb AS OF markers can only be read by the DriftDB history scan",
+    )
+    .detail("TABLESAMPLE driftdb.as_of_seq/as_of_time marks a historical read of a driftdb table; it is not a sampling method.")
+    .raise()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tsm_begin(_node: *mut pg_sys::SampleScanState, _params: *mut pg_sys::Datum, _nparams: i32, _seed: u32) {
+    not_here()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tsm_next(_node: *mut pg_sys::SampleScanState, _block: pg_sys::BlockNumber, _max: pg_sys::OffsetNumber) -> pg_sys::OffsetNumber {
+    not_here()
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_driftdb_tsm_seq() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn driftdb_tsm_seq(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    tsm_routine(pg_sys::INT8OID)
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_driftdb_tsm_time() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn driftdb_tsm_time(_fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    tsm_routine(pg_sys::TIMESTAMPTZOID)
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION driftdb.as_of_seq(internal) RETURNS tsm_handler
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'driftdb_tsm_seq';
+COMMENT ON FUNCTION driftdb.as_of_seq(internal) IS 'marks a historical read: t TABLESAMPLE driftdb.as_of_seq(N) reads t as of commit seq N (what driftdb.as_of(NULL::t, N) becomes)';
+CREATE FUNCTION driftdb.as_of_time(internal) RETURNS tsm_handler
+LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'driftdb_tsm_time';
+COMMENT ON FUNCTION driftdb.as_of_time(internal) IS 'marks a historical read: t TABLESAMPLE driftdb.as_of_time(ts) reads t as of a time (what driftdb.as_of(NULL::t, ts) becomes)';
+"#,
+    name = "timetravel_markers",
+    requires = ["history"]
+);

@@ -1,0 +1,316 @@
+//! Reading history back: a table's registration, its events (all of them in seq order, or one
+//! key's, newest first), its TRUNCATE/schema events, its snapshots, and who committed a seq.
+//!
+//! Everything is read with SnapshotSelf (latest committed state, no predicate locks) and
+//! bounded by a seq that `point.rs` has made sure is *settled*: every transaction with a seq at
+//! or below it has committed or rolled back, so what is visible now below the bound is all
+//! there will ever be (AS OF N is repeatable).
+//!
+//! Index use (sql/bootstrap.sql): `events_pkey (table_id, seq, ord)` for seq-ordered scans,
+//! `events_key (table_id, key, seq)` for one key's events and — with `key IS NULL` — for the
+//! TRUNCATE and schema events, `snapshots_pkey (table_id, seq, block)` for snapshots.
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use driftdb_core::{decode_frame, Event, Op, Row, Value};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::error::DriftError;
+use crate::history::catalog::{self, Catalog, Order};
+
+/// A table's row in `driftdb.tables`.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub table_id: i32,
+    pub registered_seq: i64,
+    pub history_start_seq: i64,
+    /// Identity columns the events' keys are recorded under (None: FULL or none).
+    pub key_attnums: Option<Vec<u16>>,
+    /// False once the identity changed after registration.
+    pub keys_stable: bool,
+}
+
+/// The TRUNCATE and schema events of a table (key NULL in `driftdb.events`), in seq order.
+#[derive(Clone, Debug, Default)]
+pub struct Marks {
+    /// (seq, committed_at) of every TRUNCATE.
+    pub truncates: Vec<(i64, i64)>,
+    /// Value a column added later reads as in older rows, per attnum (latest schema event).
+    pub missing: HashMap<u16, Value>,
+    /// Every seq ≤ this was settled when the marks were read.
+    pub complete_upto: i64,
+}
+
+thread_local! {
+    /// relid → (registration, marks), dropped on the relation's relcache invalidation (which
+    /// TRUNCATE, ALTER TABLE and identity changes all send).
+    static CACHE: RefCell<HashMap<pg_sys::Oid, (TableInfo, Option<Marks>)>> = RefCell::new(HashMap::new());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    super::planner::forget(relid);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if relid == pg_sys::InvalidOid {
+            c.clear();
+        } else {
+            c.remove(&relid);
+        }
+    });
+}
+
+pub fn register_callbacks() {
+    // SAFETY: registering a process-lifetime callback from _PG_init.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize)) };
+}
+
+pub fn corrupted(what: String) -> ! {
+    DriftError::new(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "driftdb history is damaged")
+        .detail(what)
+        .hint("Run SELECT * FROM driftdb.verify('<table>') for a full check.")
+        .raise()
+}
+
+pub fn decode(frame: &[u8], seq: i64) -> Event {
+    decode_frame(frame).unwrap_or_else(|e| corrupted(format!("event frame of seq {seq}: {e}")))
+}
+
+/// The registration of `relid`, if it ever recorded a change.
+pub fn table_info(cat: &Catalog, relid: pg_sys::Oid) -> Option<TableInfo> {
+    if let Some(i) = CACHE.with(|c| c.borrow().get(&relid).map(|e| e.0.clone())) {
+        return Some(i);
+    }
+    let mut info = None;
+    // SAFETY: catalog-style read of driftdb.tables (column 2 = relid).
+    unsafe {
+        let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
+        catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+            let get = |n| catalog::attr(tup, rel, n);
+            info = Some(TableInfo {
+                table_id: get(1).map_or(0, |d| d.value() as i32),
+                registered_seq: get(3).map_or(0, |d| d.value() as i64),
+                history_start_seq: get(4).map_or(0, |d| d.value() as i64),
+                key_attnums: get(5)
+                    .and_then(|d| Vec::<i16>::from_datum(d, false))
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.into_iter().map(|a| a as u16).collect()),
+                keys_stable: get(6).is_none_or(|d| d.value() != 0),
+            });
+            false
+        });
+    }
+    if let Some(i) = &info {
+        CACHE.with(|c| c.borrow_mut().insert(relid, (i.clone(), None)));
+    }
+    info
+}
+
+/// TRUNCATE and schema events of the table, complete at least up to `settled`.
+pub fn marks(cat: &Catalog, relid: pg_sys::Oid, info: &TableInfo, settled: i64) -> Marks {
+    if let Some(m) = CACHE.with(|c| c.borrow().get(&relid).and_then(|e| e.1.clone())) {
+        if m.complete_upto >= settled {
+            return m;
+        }
+    }
+    let mut m = Marks { complete_upto: settled, ..Marks::default() };
+    let mut schema: Option<Event> = None;
+    // SAFETY: catalog-style read of driftdb.events through events_key with key IS NULL.
+    unsafe {
+        null_key_scan(cat, info.table_id, |seq, op, frame| {
+            match op {
+                b't' => m.truncates.push((seq, decode(frame, seq).committed_at)),
+                b's' => schema = Some(decode(frame, seq)),
+                _ => {}
+            }
+            true
+        });
+    }
+    if let Some(ch) = schema.and_then(|e| e.schema) {
+        for c in ch.columns {
+            if let (false, Some(v)) = (c.dropped, c.missing) {
+                m.missing.insert(c.attnum, v);
+            }
+        }
+    }
+    CACHE.with(|c| {
+        if let Some(e) = c.borrow_mut().get_mut(&relid) {
+            e.1 = Some(m.clone());
+        }
+    });
+    m
+}
+
+/// Events of the table with `key IS NULL` (TRUNCATE, schema, rows of tables without
+/// identity), ascending seq: `f(seq, op, frame)` until it returns false.
+unsafe fn null_key_scan(cat: &Catalog, table_id: i32, mut f: impl FnMut(i64, u8, &[u8]) -> bool) {
+    let rel = pg_sys::table_open(cat.events, pg_sys::AccessShareLock as i32);
+    let idx = pg_sys::index_open(cat.events_key, pg_sys::AccessShareLock as i32);
+    let mut sk: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    pg_sys::ScanKeyInit(&mut sk[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(table_id));
+    pg_sys::ScanKeyEntryInitialize(
+        &mut sk[1],
+        (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
+        5, // heap column numbers (systable scans map them to the index's): key
+        0, // InvalidStrategy
+        pg_sys::InvalidOid,
+        pg_sys::InvalidOid,
+        pg_sys::InvalidOid.into(),
+        pg_sys::Datum::from(0usize),
+    );
+    let scan = pg_sys::systable_beginscan_ordered(rel, idx, catalog::snapshot_self(), 2, sk.as_mut_ptr());
+    loop {
+        let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+        if tup.is_null() {
+            break;
+        }
+        let (seq, op, frame) = event_cols(tup, rel);
+        if !f(seq, op, frame) {
+            break;
+        }
+    }
+    pg_sys::systable_endscan_ordered(scan);
+    pg_sys::index_close(idx, pg_sys::AccessShareLock as i32);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+}
+
+/// (seq, op, frame bytes) of an events tuple; the frame borrows detoasted memory of the
+/// current context.
+unsafe fn event_cols<'a>(tup: pg_sys::HeapTuple, rel: pg_sys::Relation) -> (i64, u8, &'a [u8]) {
+    let seq = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
+    let op = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as u8);
+    let frame = catalog::attr(tup, rel, 6).map(|d| {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v))
+    });
+    (seq, op, frame.unwrap_or(&[]))
+}
+
+/// Row events (not markers) of the table with `lo < seq <= hi`, ascending: `f(event)` until it
+/// returns false.
+pub fn events_between(cat: &Catalog, table_id: i32, lo: i64, hi: i64, mut f: impl FnMut(Event) -> bool) {
+    let keys = [
+        (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
+        (2, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::F_INT8GT, pg_sys::Datum::from(lo)),
+        (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi)),
+    ];
+    // Decoding in a per-row context keeps a long scan's detoasted frames from piling up.
+    let mut tmp = pgrx::PgMemoryContexts::new("driftdb history scan");
+    // SAFETY: catalog-style read of driftdb.events.
+    unsafe {
+        catalog::scan(cat.events, cat.events_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
+            let go = tmp.switch_to(|_| {
+                let (seq, op, frame) = event_cols(tup, rel);
+                if op == b'm' {
+                    return true;
+                }
+                f(decode(frame, seq))
+            });
+            tmp.reset();
+            go
+        });
+    }
+}
+
+/// One key's events (including 'm' markers: the key moved away) with `seq <= hi`, newest
+/// first: `f(seq, op, event)` until it returns false.
+pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: impl FnMut(i64, u8, Event) -> bool) {
+    // SAFETY: catalog-style read of driftdb.events through events_key; the key datum is a
+    // bytea built in the current context.
+    unsafe {
+        let kd = key.into_datum().unwrap();
+        // scan keys name heap columns: table_id (1), key (5), seq (2)
+        let keys = [
+            (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
+            (5, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_BYTEAEQ, kd),
+            (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi)),
+        ];
+        catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
+            let (seq, op, frame) = event_cols(tup, rel);
+            f(seq, op, decode(frame, seq))
+        });
+    }
+}
+
+/// The newest snapshot of the table with seq ≤ `hi`: (seq, number of blocks).
+pub fn latest_snapshot(cat: &Catalog, table_id: i32, hi: i64) -> Option<i64> {
+    let mut found = None;
+    let keys = [
+        (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
+        (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi)),
+    ];
+    // SAFETY: catalog-style read of driftdb.snapshots.
+    unsafe {
+        catalog::scan(cat.snapshots, cat.snapshots_pkey, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
+            found = catalog::attr(tup, rel, 2).map(|d| d.value() as i64);
+            false
+        });
+    }
+    found
+}
+
+/// The rows of snapshot (table_id, seq), block by block.
+pub fn snapshot_rows(cat: &Catalog, table_id: i32, seq: i64, mut f: impl FnMut(Vec<Row>)) {
+    let keys = [
+        (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
+        (2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq)),
+    ];
+    let mut tmp = pgrx::PgMemoryContexts::new("driftdb snapshot read");
+    // SAFETY: catalog-style read of driftdb.snapshots (column 5 = data).
+    unsafe {
+        catalog::scan(cat.snapshots, cat.snapshots_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
+            tmp.switch_to(|_| {
+                let d = catalog::attr(tup, rel, 5).unwrap_or_else(|| corrupted(format!("snapshot {seq}: NULL block")));
+                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                let bytes = std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v));
+                let rows = driftdb_core::decode_snapshot_block(bytes)
+                    .unwrap_or_else(|e| corrupted(format!("snapshot block of seq {seq}: {e}")));
+                f(rows);
+            });
+            tmp.reset();
+            true
+        });
+    }
+}
+
+/// Who committed each seq (`driftdb.commits.committed_by`), memoised per call site.
+pub struct CommitterCache<'a> {
+    cat: &'a Catalog,
+    by: HashMap<i64, String>,
+}
+
+impl<'a> CommitterCache<'a> {
+    pub fn new(cat: &'a Catalog) -> Self {
+        CommitterCache { cat, by: HashMap::new() }
+    }
+
+    pub fn get(&mut self, seq: i64) -> String {
+        if let Some(s) = self.by.get(&seq) {
+            return s.clone();
+        }
+        let mut who = String::new();
+        let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq))];
+        // SAFETY: catalog-style read of driftdb.commits (column 4 = committed_by).
+        unsafe {
+            catalog::scan(self.cat.commits, self.cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+                who = catalog::attr(tup, rel, 4).and_then(|d| String::from_datum(d, false)).unwrap_or_default();
+                false
+            });
+        }
+        self.by.insert(seq, who.clone());
+        who
+    }
+}
+
+/// Ops as stored in the events table.
+pub fn op_of(c: u8) -> Option<Op> {
+    Some(match c {
+        b'i' => Op::Insert,
+        b'u' => Op::Update,
+        b'd' => Op::Delete,
+        b't' => Op::Truncate,
+        b's' => Op::Schema,
+        _ => return None,
+    })
+}

@@ -1,0 +1,323 @@
+//! The DriftDB history scan: a CustomScan that returns a driftdb table's rows as of a point.
+//!
+//! Path (`add_path`, from `planner.rs`): the only path of a historical table reference.
+//! Plan: `custom_private` = [mode, key attnums...] (int4 constants), `custom_exprs` =
+//! [point expression (a NULL constant in session mode), key value expressions...]; all of the
+//! reference's quals stay in the plan's qual list and are rechecked on every row (row-level
+//! security policies among them).
+//! Execution: on the first fetch (and after a rescan) the point and key values are evaluated,
+//! the point resolved to a settled bound, and either one key's row read from the key index
+//! or the whole state built (snapshot + replay); rows are decoded into the virtual scan slot.
+//! EXPLAIN shows the point's source and the lookup strategy.
+use std::ffi::CStr;
+
+use driftdb_core::{Row, Value};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::engine::{self, Point, Source};
+use super::planner::PointSource;
+use super::{guc, srf};
+use crate::history::catalog::Catalog;
+use crate::history::codec;
+use crate::history::decode::RowDecoder;
+
+const NAME: &CStr = c"DriftDB History Scan";
+const MODE_SESSION: i32 = 0;
+const MODE_SEQ: i32 = 1;
+const MODE_TIME: i32 = 2;
+
+static mut PATH_METHODS: pg_sys::CustomPathMethods = pg_sys::CustomPathMethods {
+    CustomName: NAME.as_ptr(),
+    PlanCustomPath: Some(plan_path),
+    ReparameterizeCustomPathByChild: None,
+};
+
+static mut SCAN_METHODS: pg_sys::CustomScanMethods =
+    pg_sys::CustomScanMethods { CustomName: NAME.as_ptr(), CreateCustomScanState: Some(create_state) };
+
+static mut EXEC_METHODS: pg_sys::CustomExecMethods = pg_sys::CustomExecMethods {
+    CustomName: NAME.as_ptr(),
+    BeginCustomScan: Some(begin),
+    ExecCustomScan: Some(exec),
+    EndCustomScan: Some(end),
+    ReScanCustomScan: Some(rescan),
+    MarkPosCustomScan: None,
+    RestrPosCustomScan: None,
+    EstimateDSMCustomScan: None,
+    InitializeDSMCustomScan: None,
+    ReInitializeDSMCustomScan: None,
+    InitializeWorkerCustomScan: None,
+    ShutdownCustomScan: None,
+    ExplainCustomScan: Some(explain),
+};
+
+pub fn init() {
+    // SAFETY: registering static methods once from _PG_init (plans name them by CustomName).
+    unsafe { pg_sys::RegisterCustomScanMethods(std::ptr::addr_of!(SCAN_METHODS)) };
+}
+
+unsafe fn int_const(v: i32) -> *mut pg_sys::Node {
+    pg_sys::makeConst(pg_sys::INT4OID, -1, pg_sys::InvalidOid, 4, pg_sys::Datum::from(v), false, true) as *mut pg_sys::Node
+}
+
+unsafe fn null_const() -> *mut pg_sys::Node {
+    pg_sys::makeConst(pg_sys::INT4OID, -1, pg_sys::InvalidOid, 4, pg_sys::Datum::from(0usize), true, true) as *mut pg_sys::Node
+}
+
+unsafe fn const_int(n: *mut pg_sys::Node) -> i32 {
+    (*(n as *mut pg_sys::Const)).constvalue.value() as i32
+}
+
+/// Add the history scan path to a historical table reference (its only path).
+pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, source: PointSource, key: Option<Vec<(u16, *mut pg_sys::Node)>>) {
+    let cp = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
+    (*cp).path.type_ = pg_sys::NodeTag::T_CustomPath;
+    (*cp).path.pathtype = pg_sys::NodeTag::T_CustomScan;
+    (*cp).path.parent = rel;
+    (*cp).path.pathtarget = (*rel).reltarget;
+    (*cp).path.param_info = pg_sys::get_baserel_parampathinfo(root, rel, (*rel).lateral_relids);
+    (*cp).path.parallel_aware = false;
+    (*cp).path.parallel_safe = false;
+    (*cp).path.parallel_workers = 0;
+    let (mode, point) = match source {
+        PointSource::Session => (MODE_SESSION, null_const()),
+        PointSource::Marker(e, true) => (MODE_SEQ, e),
+        PointSource::Marker(e, false) => (MODE_TIME, e),
+    };
+    let tuples = (*rel).tuples.max(1.0);
+    match &key {
+        Some(_) => {
+            (*cp).path.rows = 1.0;
+            (*cp).path.startup_cost = 0.0;
+            (*cp).path.total_cost = 8.0; // a few index probes
+        }
+        None => {
+            (*cp).path.rows = (*rel).rows;
+            (*cp).path.startup_cost = tuples * 0.05; // the state is built before the first row
+            (*cp).path.total_cost = tuples * 0.06;
+        }
+    }
+    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
+    private = pg_sys::lappend(private, point as *mut _);
+    let key = key.unwrap_or_default();
+    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
+    for (a, _) in &key {
+        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
+    }
+    for (_, e) in &key {
+        private = pg_sys::lappend(private, *e as *mut _);
+    }
+    (*cp).custom_private = private;
+    (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
+    pg_sys::add_path(rel, cp as *mut pg_sys::Path);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn plan_path(
+    _root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    best_path: *mut pg_sys::CustomPath,
+    tlist: *mut pg_sys::List,
+    clauses: *mut pg_sys::List,
+    _custom_plans: *mut pg_sys::List,
+) -> *mut pg_sys::Plan {
+    let cs = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
+    (*cs).scan.plan.type_ = pg_sys::NodeTag::T_CustomScan;
+    (*cs).scan.plan.targetlist = tlist;
+    (*cs).scan.plan.qual = pg_sys::extract_actual_clauses(clauses, false);
+    (*cs).scan.scanrelid = (*rel).relid;
+    let p = pgrx::PgList::<pg_sys::Node>::from_pg((*best_path).custom_private);
+    let mode = const_int(p.get_ptr(0).unwrap());
+    let point = p.get_ptr(1).unwrap();
+    let nkeys = const_int(p.get_ptr(2).unwrap()) as usize;
+    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
+    let mut exprs = pg_sys::lappend(std::ptr::null_mut(), point as *mut _);
+    for i in 0..nkeys {
+        private = pg_sys::lappend(private, p.get_ptr(3 + i).unwrap() as *mut _);
+        exprs = pg_sys::lappend(exprs, p.get_ptr(3 + nkeys + i).unwrap() as *mut _);
+    }
+    (*cs).custom_private = private;
+    (*cs).custom_exprs = exprs;
+    (*cs).flags = 0;
+    (*cs).methods = std::ptr::addr_of!(SCAN_METHODS);
+    cs as *mut pg_sys::Plan
+}
+
+/// Per-execution state, owned by the node (freed in `end`).
+struct Inner {
+    mode: i32,
+    attnums: Vec<u16>,
+    /// ExprStates of custom_exprs
+    exprs: Vec<*mut pg_sys::ExprState>,
+    rows: Option<std::vec::IntoIter<Row>>,
+    decoder: Option<RowDecoder>,
+    /// what the last execution did, for EXPLAIN ANALYZE
+    did: Option<String>,
+}
+
+#[repr(C)]
+struct HistoryScanState {
+    css: pg_sys::CustomScanState,
+    inner: *mut Inner,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
+    let s = pg_sys::palloc0(std::mem::size_of::<HistoryScanState>()) as *mut HistoryScanState;
+    (*s).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
+    (*s).css.methods = std::ptr::addr_of!(EXEC_METHODS);
+    let p = pgrx::PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
+    let mode = const_int(p.get_ptr(0).unwrap());
+    let attnums = (1..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
+    (*s).inner = Box::into_raw(Box::new(Inner { mode, attnums, exprs: Vec::new(), rows: None, decoder: None, did: None }));
+    s as *mut pg_sys::Node
+}
+
+unsafe fn inner<'a>(node: *mut pg_sys::CustomScanState) -> &'a mut Inner {
+    &mut *(*(node as *mut HistoryScanState)).inner
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin(node: *mut pg_sys::CustomScanState, _estate: *mut pg_sys::EState, _eflags: i32) {
+    let cs = (*node).ss.ps.plan as *mut pg_sys::CustomScan;
+    let list = pg_sys::ExecInitExprList((*cs).custom_exprs, &mut (*node).ss.ps);
+    let st = inner(node);
+    st.exprs = pgrx::PgList::<pg_sys::ExprState>::from_pg(list).iter_ptr().collect();
+}
+
+unsafe fn eval(node: *mut pg_sys::CustomScanState, e: *mut pg_sys::ExprState) -> Option<pg_sys::Datum> {
+    let econtext = (*node).ss.ps.ps_ExprContext;
+    let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+    let mut isnull = false;
+    let d = ((*e).evalfunc.unwrap())(e, econtext, &mut isnull);
+    pg_sys::MemoryContextSwitchTo(old);
+    (!isnull).then_some(d)
+}
+
+/// Build the result rows of this execution.
+unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
+    let rel = (*node).ss.ss_currentRelation;
+    let st = inner(node);
+    let point = match st.mode {
+        MODE_SESSION => guc::current().unwrap_or(Point::Seq(i64::MAX)),
+        m => match eval(node, st.exprs[0]) {
+            None => srf_null(m),
+            Some(d) if m == MODE_SEQ => Point::Seq(d.value() as i64),
+            Some(d) => Point::Time(d.value() as i64),
+        },
+    };
+    let cat = Catalog::require();
+    let src = Source::new(cat, rel);
+    let bound = engine::resolve(&cat, point);
+    let name = srf::rel_name((*rel).rd_id);
+    if src.info.as_ref().is_some_and(|i| i.history_start_seq > 0) {
+        src.check_start(engine::bound_seq(&cat, bound), &name);
+    }
+    let marks = src.marks(bound.seq);
+    st.decoder = Some(srf::decoder_for(rel, &marks));
+    if !st.attnums.is_empty() && src.keyed() {
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let mut key = Vec::with_capacity(st.attnums.len());
+        for (i, &a) in st.attnums.clone().iter().enumerate() {
+            match eval(node, st.exprs[1 + i]) {
+                None => {
+                    st.did = Some("identity key lookup (NULL key: no row)".into());
+                    return Vec::new();
+                }
+                Some(d) => key.push(codec::datum_to_value(d, attrs[a as usize - 1].atttypid)),
+            }
+        }
+        let key: Vec<Value> = key;
+        st.did = Some("identity key lookup".into());
+        return src.row_for_key(&key, bound, &marks).into_iter().collect();
+    }
+    let seq = engine::bound_seq(&cat, bound);
+    let (state, replayed) = src.rows_at(seq);
+    super::snapshot::maybe_store(&cat, &src, seq, &state, replayed);
+    st.did = Some(format!("state at seq {seq}: {replayed} events replayed"));
+    state.into_rows().collect()
+}
+
+fn srf_null(mode: i32) -> ! {
+    crate::error::DriftError::new(
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("AS OF {} must not be NULL", if mode == MODE_SEQ { "seq" } else { "time" }),
+    )
+    .raise()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
+    let node = ss as *mut pg_sys::CustomScanState;
+    if inner(node).rows.is_none() {
+        let rows = compute(node);
+        inner(node).rows = Some(rows.into_iter());
+    }
+    let slot = (*ss).ss_ScanTupleSlot;
+    pg_sys::ExecClearTuple(slot);
+    let st = inner(node);
+    let Some(row) = st.rows.as_mut().unwrap().next() else { return slot };
+    let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+    let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
+    let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
+    // datums live in the per-tuple context, which ExecScan resets before the next fetch
+    let econtext = (*node).ss.ps.ps_ExprContext;
+    let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+    st.decoder.as_ref().unwrap().decode_into(&row, values, nulls);
+    pg_sys::MemoryContextSwitchTo(old);
+    (*slot).tts_tableOid = (*(*ss).ss_currentRelation).rd_id;
+    pg_sys::ExecStoreVirtualTuple(slot)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn recheck(_ss: *mut pg_sys::ScanState, _slot: *mut pg_sys::TupleTableSlot) -> bool {
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn exec(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    pg_sys::ExecScan(&mut (*node).ss, Some(access), Some(recheck))
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
+    let s = node as *mut HistoryScanState;
+    if !(*s).inner.is_null() {
+        drop(Box::from_raw((*s).inner));
+        (*s).inner = std::ptr::null_mut();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
+    inner(node).rows = None;
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn explain(node: *mut pg_sys::CustomScanState, _ancestors: *mut pg_sys::List, es: *mut pg_sys::ExplainState) {
+    let st = inner(node);
+    let point = match st.mode {
+        MODE_SESSION => "driftdb.as_of setting",
+        MODE_SEQ => "commit seq (driftdb.as_of_seq)",
+        _ => "time (driftdb.as_of_time)",
+    };
+    let prop = |k: &CStr, v: &str| {
+        let v = std::ffi::CString::new(v).unwrap();
+        pg_sys::ExplainPropertyText(k.as_ptr(), v.as_ptr(), es);
+    };
+    prop(c"AS OF", point);
+    if st.attnums.is_empty() {
+        prop(c"History Lookup", "full state (newest snapshot + replay)");
+    } else {
+        let rel = (*node).ss.ss_currentRelation;
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let names: Vec<String> = st.attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname).to_string()).collect();
+        prop(c"History Lookup", &format!("identity key ({}) = pushed-down values", names.join(", ")));
+    }
+    if let Some(d) = &st.did {
+        prop(c"History Read", d);
+    }
+}
