@@ -1,0 +1,103 @@
+-- Time travel: AS OF a commit seq or a time, the session setting, versions and changes.
+-- Seqs are shown relative to the first transaction of this file (:s0), so the expected output
+-- does not depend on which tests ran before.
+SELECT coalesce(max(seq), 0) AS s0 FROM driftdb.transactions \gset
+
+CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric(10,2)) USING driftdb;
+INSERT INTO acct VALUES (1, 'ann', 10), (2, 'bob', 20);        -- s0+1
+UPDATE acct SET balance = 15 WHERE id = 1;                      -- s0+2
+DELETE FROM acct WHERE id = 2;                                  -- s0+3
+INSERT INTO acct VALUES (3, 'cy', 30);                          -- s0+4
+UPDATE acct SET id = 4 WHERE id = 3;                            -- s0+5: the key changes
+SELECT pg_sleep(0.01);
+SELECT now() AS before_truncate \gset
+SELECT pg_sleep(0.01);
+TRUNCATE acct;                                                  -- s0+6
+INSERT INTO acct VALUES (5, 'dee', 50);                         -- s0+7
+
+-- the table at every seq
+SELECT n, (SELECT string_agg(format('%s:%s:%s', id, owner, balance), ' ' ORDER BY id)
+             FROM driftdb.as_of(NULL::acct, :s0 + n)) AS rows
+  FROM generate_series(0, 8) n;
+
+-- before the table existed: nothing; a seq beyond now: the current state
+SELECT count(*) FROM driftdb.as_of(NULL::acct, 0::bigint);
+SELECT * FROM driftdb.as_of(NULL::acct, 9223372036854775807);
+
+-- AS OF a time
+SELECT * FROM driftdb.as_of(NULL::acct, :'before_truncate'::timestamptz) ORDER BY id;
+SELECT count(*) FROM driftdb.as_of(NULL::acct, '2000-01-01'::timestamptz);
+
+-- composable: what changed between two points, joined by key
+SELECT coalesce(a.id, b.id) AS id, a.balance AS was, b.balance AS now_is
+  FROM driftdb.as_of(NULL::acct, :s0 + 1) a
+  FULL JOIN driftdb.as_of(NULL::acct, :s0 + 5) b USING (id)
+ ORDER BY 1;
+
+-- a key lookup is pushed into the history scan
+EXPLAIN (COSTS OFF) SELECT * FROM driftdb.as_of(NULL::acct, 3::bigint) WHERE id = 1;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 1;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 4) WHERE id = 4;  -- not yet moved there
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 5) WHERE id = 4;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 6) WHERE id = 1;  -- truncated
+
+-- in a view and a prepared statement
+CREATE VIEW acct_at_2 AS SELECT * FROM driftdb.as_of(NULL::acct, 2::bigint);
+SELECT pg_get_viewdef('acct_at_2'::regclass) LIKE '%TABLESAMPLE driftdb.as_of_seq%' AS stored_as_marker;
+PREPARE at(bigint, int) AS SELECT owner, balance FROM driftdb.as_of(NULL::acct, $1) WHERE id = $2;
+EXECUTE at(:s0 + 1, 1);
+EXECUTE at(:s0 + 2, 1);
+DEALLOCATE at;
+
+-- every version, half-open and contiguous per row
+SELECT seq_start - :s0 AS seq_start, seq_end - :s0 AS seq_end,
+       system_time_end = 'infinity' AS current, (v.data).*
+  FROM driftdb.versions(NULL::acct) v ORDER BY seq_start, (v.data).id;
+EXPLAIN (COSTS OFF) SELECT * FROM driftdb.versions(NULL::acct) v WHERE (v.data).id = 1;
+
+-- every change
+SELECT seq - :s0 AS seq, committed_by = current_user AS by_me, operation, old_data, new_data
+  FROM driftdb.changes(NULL::acct) ORDER BY seq, operation, (new_data).id;
+
+-- the session setting: every read of every driftdb table sees that state
+SELECT format('@seq:%s', :s0 + 2) AS at2 \gset
+SET driftdb.as_of = :'at2';
+SELECT * FROM acct ORDER BY id;
+SELECT * FROM acct WHERE id = 2;
+EXPLAIN (COSTS OFF) SELECT * FROM acct WHERE id = 2;
+SELECT count(*), max(balance) FROM acct;
+-- writes are refused
+INSERT INTO acct VALUES (9, 'x', 0);
+UPDATE acct SET balance = 0;
+DELETE FROM acct;
+TRUNCATE acct;
+-- heap tables are unaffected
+CREATE TABLE plain (x int);
+INSERT INTO plain VALUES (1);
+SELECT * FROM plain;
+RESET driftdb.as_of;
+SELECT * FROM acct ORDER BY id;
+
+-- SET LOCAL ends with the transaction
+BEGIN;
+SET LOCAL driftdb.as_of = :'at2';
+SELECT count(*) FROM acct;
+COMMIT;
+SELECT count(*) FROM acct;
+
+-- bad input
+SET driftdb.as_of = 'not a time';
+SET driftdb.as_of = '@seq:x';
+SELECT * FROM driftdb.as_of(NULL::acct, NULL::bigint);
+SELECT * FROM driftdb.as_of(NULL::acct, -1::bigint);
+SELECT * FROM driftdb.as_of(NULL::plain, 1::bigint);
+SELECT * FROM driftdb.as_of(NULL::int, 1::bigint);
+
+-- snapshots change no result
+SELECT driftdb.snapshot('acct') - :s0 AS snapshot_seq;
+SELECT n, (SELECT string_agg(format('%s:%s:%s', id, owner, balance), ' ' ORDER BY id)
+             FROM driftdb.as_of(NULL::acct, :s0 + n)) AS rows
+  FROM generate_series(5, 8) n;
+
+DROP VIEW acct_at_2;
+DROP TABLE acct, plain;
