@@ -41,6 +41,7 @@ pub fn init() {
 pub struct Funcs {
     pub as_of_seq: pg_sys::Oid,
     pub as_of_time: pg_sys::Oid,
+    pub versions: pg_sys::Oid,
     pub tsm_seq: pg_sys::Oid,
     pub tsm_time: pg_sys::Oid,
 }
@@ -77,10 +78,11 @@ pub fn funcs() -> Option<Funcs> {
         let f = Funcs {
             as_of_seq: func_oid(c"driftdb.as_of(anyelement,bigint)"),
             as_of_time: func_oid(c"driftdb.as_of(anyelement,timestamptz)"),
+            versions: func_oid(c"driftdb.versions(anyelement)"),
             tsm_seq: func_oid(c"driftdb.as_of_seq(internal)"),
             tsm_time: func_oid(c"driftdb.as_of_time(internal)"),
         };
-        if [f.as_of_seq, f.as_of_time, f.tsm_seq, f.tsm_time].contains(&pg_sys::InvalidOid) {
+        if [f.as_of_seq, f.as_of_time, f.versions, f.tsm_seq, f.tsm_time].contains(&pg_sys::InvalidOid) {
             return None; // mid CREATE EXTENSION
         }
         FUNCS.with(|c| *c.borrow_mut() = Some((nsp, f)));
@@ -223,6 +225,10 @@ unsafe extern "C-unwind" fn set_rel_pathlist(root: *mut pg_sys::PlannerInfo, rel
     if let Some(prev) = PREV_PATHLIST {
         prev(root, rel, rti, rte);
     }
+    if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
+        versions_pushdown(root, rel, rte);
+        return;
+    }
     if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION || (*rte).inh || (*rte).relkind as u8 != pg_sys::RELKIND_RELATION {
         return;
     }
@@ -283,6 +289,82 @@ unsafe fn refuse_if_written(root: *mut pg_sys::PlannerInfo, rti: pg_sys::Index, 
 
 /// Equality on every identity column: (attnum, value expression) in identity order.
 unsafe fn key_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid) -> Option<Vec<(u16, *mut pg_sys::Node)>> {
+    key_pushdown_by(root, rel, relid, |n| {
+        let n = strip_relabel(n);
+        if (*n).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let v = n as *mut pg_sys::Var;
+        ((*v).varno as u32 == (*rel).relid && (*v).varlevelsup == 0 && (*v).varattno > 0).then_some((*v).varattno)
+    })
+}
+
+/// `versions(NULL::t)` in FROM with equality on `(v.data).<identity column>` for every identity
+/// column: serve it with the history scan's versions-of-one-key mode.
+unsafe fn versions_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, rte: *mut pg_sys::RangeTblEntry) {
+    let Some(f) = funcs() else { return };
+    if (*rte).funcordinality {
+        return;
+    }
+    let fl = pgrx::PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions);
+    if fl.len() != 1 {
+        return;
+    }
+    let fe = (*fl.get_ptr(0).unwrap()).funcexpr as *mut pg_sys::FuncExpr;
+    if fe.is_null() || (*fe).xpr.type_ != pg_sys::NodeTag::T_FuncExpr || (*fe).funcid != f.versions {
+        return;
+    }
+    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args);
+    let Some(a0) = args.get_ptr(0) else { return };
+    if (*a0).type_ != pg_sys::NodeTag::T_Const {
+        return;
+    }
+    let relid = pg_sys::get_typ_typrelid((*(a0 as *mut pg_sys::Const)).consttype);
+    if relid == pg_sys::InvalidOid || pg_sys::get_rel_relkind(relid) as u8 != pg_sys::RELKIND_RELATION {
+        return;
+    }
+    pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as i32);
+    if !is_driftdb(relid) {
+        return;
+    }
+    // whole-row references to the function's output cannot be served by the scan's tlist
+    let mut attrs: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+    pg_sys::pull_varattnos((*(*rel).reltarget).exprs as *mut pg_sys::Node, (*rel).relid, &mut attrs);
+    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
+    for ri in ris.iter_ptr() {
+        pg_sys::pull_varattnos((*ri).clause as *mut pg_sys::Node, (*rel).relid, &mut attrs);
+    }
+    if pg_sys::bms_is_member(0 - pg_sys::FirstLowInvalidHeapAttributeNumber, attrs) {
+        return;
+    }
+    let relno = (*rel).relid;
+    let key = key_pushdown_by(root, rel, relid, |n| {
+        let n = strip_relabel(n);
+        if (*n).type_ != pg_sys::NodeTag::T_FieldSelect {
+            return None;
+        }
+        let fs = n as *mut pg_sys::FieldSelect;
+        let arg = (*fs).arg as *mut pg_sys::Node;
+        if (*arg).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let v = arg as *mut pg_sys::Var;
+        ((*v).varno as u32 == relno && (*v).varlevelsup == 0 && (*v).varattno == 5).then_some((*fs).fieldnum)
+    });
+    let Some(key) = key else { return };
+    (*rel).pathlist = std::ptr::null_mut();
+    (*rel).partial_pathlist = std::ptr::null_mut();
+    scan::add_versions_path(root, rel, relid, key);
+}
+
+/// Equality on every identity column of `relid`, the column reference recognised by `col`
+/// (returns the attnum it names): (attnum, value expression) in identity order.
+unsafe fn key_pushdown_by(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    relid: pg_sys::Oid,
+    col: impl Fn(*mut pg_sys::Node) -> Option<i16>,
+) -> Option<Vec<(u16, *mut pg_sys::Node)>> {
     let r = pg_sys::RelationIdGetRelation(relid);
     let ident = identity::of(r);
     let desc = (*r).rd_att;
@@ -308,16 +390,9 @@ unsafe fn key_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptI
             continue;
         }
         for (var, other) in [(args.get_ptr(0).unwrap(), args.get_ptr(1).unwrap()), (args.get_ptr(1).unwrap(), args.get_ptr(0).unwrap())] {
-            let var = strip_relabel(var);
-            if (*var).type_ != pg_sys::NodeTag::T_Var {
-                continue;
-            }
-            let v = var as *mut pg_sys::Var;
-            if (*v).varno as u32 != (*rel).relid || (*v).varlevelsup != 0 || (*v).varattno <= 0 {
-                continue;
-            }
-            let Some(pos) = cols.iter().position(|&c| c as i16 == (*v).varattno) else { continue };
-            let a = &attrs[(*v).varattno as usize - 1];
+            let Some(attno) = col(var) else { continue };
+            let Some(pos) = cols.iter().position(|&c| c as i16 == attno) else { continue };
+            let a = &attrs[attno as usize - 1];
             if !key_type_ok(a.atttypid, a.attcollation) || !is_type_eq(op, a.atttypid) {
                 continue;
             }

@@ -26,6 +26,8 @@ const NAME: &CStr = c"DriftDB History Scan";
 const MODE_SESSION: i32 = 0;
 const MODE_SEQ: i32 = 1;
 const MODE_TIME: i32 = 2;
+/// `driftdb.versions(NULL::t)` with its identity key pushed down (scanrelid 0, own tlist)
+const MODE_VERSIONS: i32 = 3;
 
 static mut PATH_METHODS: pg_sys::CustomPathMethods = pg_sys::CustomPathMethods {
     CustomName: NAME.as_ptr(),
@@ -113,6 +115,43 @@ pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptI
     pg_sys::add_path(rel, cp as *mut pg_sys::Path);
 }
 
+/// The versions-of-one-key path of a `driftdb.versions(NULL::t)` reference.
+pub unsafe fn add_versions_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid, key: Vec<(u16, *mut pg_sys::Node)>) {
+    let cp = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
+    (*cp).path.type_ = pg_sys::NodeTag::T_CustomPath;
+    (*cp).path.pathtype = pg_sys::NodeTag::T_CustomScan;
+    (*cp).path.parent = rel;
+    (*cp).path.pathtarget = (*rel).reltarget;
+    (*cp).path.param_info = pg_sys::get_baserel_parampathinfo(root, rel, (*rel).lateral_relids);
+    (*cp).path.rows = 10.0;
+    (*cp).path.startup_cost = 0.0;
+    (*cp).path.total_cost = 10.0;
+    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(MODE_VERSIONS) as *mut _);
+    private = pg_sys::lappend(private, int_const(relid.to_u32() as i32) as *mut _);
+    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
+    for (a, _) in &key {
+        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
+    }
+    for (_, e) in &key {
+        private = pg_sys::lappend(private, *e as *mut _);
+    }
+    (*cp).custom_private = private;
+    (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
+    pg_sys::add_path(rel, cp as *mut pg_sys::Path);
+}
+
+/// The scan tuple of versions(): (system_time_start, system_time_end, seq_start, seq_end, data).
+unsafe fn versions_tlist(relno: u32, relid: pg_sys::Oid) -> *mut pg_sys::List {
+    let types = [pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID, pg_sys::INT8OID, pg_sys::INT8OID, pg_sys::get_rel_type_id(relid)];
+    let mut tl = std::ptr::null_mut();
+    for (i, t) in types.iter().enumerate() {
+        let var = pg_sys::makeVar(relno as _, (i + 1) as i16, *t, -1, pg_sys::InvalidOid, 0);
+        let te = pg_sys::makeTargetEntry(var as *mut pg_sys::Expr, (i + 1) as i16, std::ptr::null_mut(), false);
+        tl = pg_sys::lappend(tl, te as *mut _);
+    }
+    tl
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn plan_path(
     _root: *mut pg_sys::PlannerInfo,
@@ -129,10 +168,18 @@ unsafe extern "C-unwind" fn plan_path(
     (*cs).scan.scanrelid = (*rel).relid;
     let p = pgrx::PgList::<pg_sys::Node>::from_pg((*best_path).custom_private);
     let mode = const_int(p.get_ptr(0).unwrap());
-    let point = p.get_ptr(1).unwrap();
     let nkeys = const_int(p.get_ptr(2).unwrap()) as usize;
     let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
-    let mut exprs = pg_sys::lappend(std::ptr::null_mut(), point as *mut _);
+    let mut exprs;
+    if mode == MODE_VERSIONS {
+        let relid = pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32);
+        (*cs).scan.scanrelid = 0;
+        (*cs).custom_scan_tlist = versions_tlist((*rel).relid, relid);
+        private = pg_sys::lappend(private, int_const(relid.to_u32() as i32) as *mut _);
+        exprs = pg_sys::lappend(std::ptr::null_mut(), null_const() as *mut _);
+    } else {
+        exprs = pg_sys::lappend(std::ptr::null_mut(), p.get_ptr(1).unwrap() as *mut _);
+    }
     for i in 0..nkeys {
         private = pg_sys::lappend(private, p.get_ptr(3 + i).unwrap() as *mut _);
         exprs = pg_sys::lappend(exprs, p.get_ptr(3 + nkeys + i).unwrap() as *mut _);
@@ -147,10 +194,15 @@ unsafe extern "C-unwind" fn plan_path(
 /// Per-execution state, owned by the node (freed in `end`).
 struct Inner {
     mode: i32,
+    /// the table (versions mode; otherwise the scan relation)
+    relid: pg_sys::Oid,
     attnums: Vec<u16>,
     /// ExprStates of custom_exprs
     exprs: Vec<*mut pg_sys::ExprState>,
     rows: Option<std::vec::IntoIter<Row>>,
+    versions: Option<std::vec::IntoIter<driftdb_core::Version>>,
+    /// the table's descriptor (versions mode: for the data column)
+    desc: pg_sys::TupleDesc,
     decoder: Option<RowDecoder>,
     /// what the last execution did, for EXPLAIN ANALYZE
     did: Option<String>,
@@ -169,8 +221,10 @@ unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut
     (*s).css.methods = std::ptr::addr_of!(EXEC_METHODS);
     let p = pgrx::PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
     let mode = const_int(p.get_ptr(0).unwrap());
-    let attnums = (1..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
-    (*s).inner = Box::into_raw(Box::new(Inner { mode, attnums, exprs: Vec::new(), rows: None, decoder: None, did: None }));
+    let first = if mode == MODE_VERSIONS { 2 } else { 1 };
+    let relid = if mode == MODE_VERSIONS { pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32) } else { pg_sys::InvalidOid };
+    let attnums = (first..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
+    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
     s as *mut pg_sys::Node
 }
 
@@ -193,6 +247,36 @@ unsafe fn eval(node: *mut pg_sys::CustomScanState, e: *mut pg_sys::ExprState) ->
     let d = ((*e).evalfunc.unwrap())(e, econtext, &mut isnull);
     pg_sys::MemoryContextSwitchTo(old);
     (!isnull).then_some(d)
+}
+
+/// versions mode: the versions of the pushed-down key.
+unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_core::Version> {
+    let st = inner(node);
+    let rel = srf::open_driftdb(st.relid);
+    srf::check_read(st.relid, "versions");
+    let cat = Catalog::require();
+    let src = Source::new(cat, rel);
+    let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
+    let marks = src.marks(settled);
+    st.decoder = Some(srf::decoder_for(rel, &marks));
+    st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    let mut key = Vec::new();
+    for (i, &a) in st.attnums.clone().iter().enumerate() {
+        match eval(node, st.exprs[1 + i]) {
+            None => {
+                pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+                return Vec::new();
+            }
+            Some(d) => key.push(codec::datum_to_value(d, attrs[a as usize - 1].atttypid)),
+        }
+    }
+    let mut out = Vec::new();
+    src.versions(Some(&key), settled, &marks, |v| out.push(v));
+    st.did = Some(if src.keyed() { "versions of one identity key (key index)".into() } else { "versions of one key (full replay: identity changed)".into() });
+    pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+    out
 }
 
 /// Build the result rows of this execution.
@@ -251,6 +335,9 @@ fn srf_null(mode: i32) -> ! {
 #[pg_guard]
 unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     let node = ss as *mut pg_sys::CustomScanState;
+    if inner(node).mode == MODE_VERSIONS {
+        return access_versions(node);
+    }
     if inner(node).rows.is_none() {
         let rows = compute(node);
         inner(node).rows = Some(rows.into_iter());
@@ -268,6 +355,30 @@ unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::T
     st.decoder.as_ref().unwrap().decode_into(&row, values, nulls);
     pg_sys::MemoryContextSwitchTo(old);
     (*slot).tts_tableOid = (*(*ss).ss_currentRelation).rd_id;
+    pg_sys::ExecStoreVirtualTuple(slot)
+}
+
+unsafe fn access_versions(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    if inner(node).versions.is_none() {
+        let v = compute_versions(node);
+        inner(node).versions = Some(v.into_iter());
+    }
+    let slot = (*node).ss.ss_ScanTupleSlot;
+    pg_sys::ExecClearTuple(slot);
+    let st = inner(node);
+    let Some(v) = st.versions.as_mut().unwrap().next() else { return slot };
+    let values = std::slice::from_raw_parts_mut((*slot).tts_values, 5);
+    let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, 5);
+    let econtext = (*node).ss.ps.ps_ExprContext;
+    let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+    values[0] = pg_sys::Datum::from(v.start_at);
+    values[1] = pg_sys::Datum::from(v.end_at.unwrap_or(i64::MAX));
+    values[2] = pg_sys::Datum::from(v.start_seq as i64);
+    values[3] = pg_sys::Datum::from(v.end_seq.map_or(0, |s| s as i64));
+    let tup = st.decoder.as_ref().unwrap().form_tuple(st.desc, &v.row);
+    values[4] = pg_sys::HeapTupleHeaderGetDatum((*tup).t_data);
+    nulls.copy_from_slice(&[false, false, false, v.end_seq.is_none(), false]);
+    pg_sys::MemoryContextSwitchTo(old);
     pg_sys::ExecStoreVirtualTuple(slot)
 }
 
@@ -293,11 +404,26 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
 #[pg_guard]
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     inner(node).rows = None;
+    inner(node).versions = None;
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn explain(node: *mut pg_sys::CustomScanState, _ancestors: *mut pg_sys::List, es: *mut pg_sys::ExplainState) {
     let st = inner(node);
+    if st.mode == MODE_VERSIONS {
+        let rel = pg_sys::relation_open(st.relid, pg_sys::AccessShareLock as i32);
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let names: Vec<String> = st.attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname).to_string()).collect();
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+        let v = std::ffi::CString::new(format!("versions of identity key ({}) = pushed-down values", names.join(", "))).unwrap();
+        pg_sys::ExplainPropertyText(c"History Lookup".as_ptr(), v.as_ptr(), es);
+        if let Some(d) = &st.did {
+            let v = std::ffi::CString::new(d.as_str()).unwrap();
+            pg_sys::ExplainPropertyText(c"History Read".as_ptr(), v.as_ptr(), es);
+        }
+        return;
+    }
     let point = match st.mode {
         MODE_SESSION => "driftdb.as_of setting",
         MODE_SEQ => "commit seq (driftdb.as_of_seq)",
