@@ -35,5 +35,9 @@ Connect to the demo database:
 Try:   SELECT * FROM orders;
        SELECT seq, committed_at, tables FROM driftdb.transactions ORDER BY seq;   -- the history
        SELECT * FROM driftdb.verify('orders');                                    -- the doctor
+       SELECT * FROM driftdb.as_of(NULL::orders, 2::bigint);                      -- orders as of seq 2
+       SELECT seq_start, seq_end, (v.data).* FROM driftdb.versions(NULL::orders) v WHERE (v.data).id = 100;
+       SELECT seq, operation, old_data, new_data FROM driftdb.changes(NULL::orders);
+       SET driftdb.as_of = '@seq:3';  SELECT * FROM orders;  RESET driftdb.as_of;
 Stop:  scripts/pgcluster.sh stop $DATA
 MSG

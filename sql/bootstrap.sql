@@ -8,6 +8,9 @@
 -- Nobody but driftdb writes them: direct writes are refused by trigger unless
 -- driftdb.restore_mode is on (pg_restore), and PUBLIC has no privileges on them.
 COMMENT ON SCHEMA driftdb IS 'driftdb: system-versioned tables (time travel, history, audit)';
+-- Everyone may call driftdb's functions (each checks the caller's rights on the table it reads);
+-- driftdb's own tables are not granted to PUBLIC (below).
+GRANT USAGE ON SCHEMA driftdb TO PUBLIC;
 
 -- The commit sequence: one value per committed transaction that changed driftdb rows.
 CREATE SEQUENCE driftdb.commit_seq AS bigint MINVALUE 1 NO CYCLE;

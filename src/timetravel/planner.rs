@@ -46,10 +46,21 @@ pub struct Funcs {
     pub tsm_time: pg_sys::Oid,
 }
 
-unsafe fn func_oid(sig: &std::ffi::CStr) -> pg_sys::Oid {
-    // regprocedurein-style lookup that returns InvalidOid instead of raising
-    let d = pgrx::direct_function_call_as_datum(pg_sys::to_regprocedure, &[Some(pg_sys::Datum::from(pg_sys::cstring_to_text(sig.as_ptr())))]);
-    d.map_or(pg_sys::InvalidOid, |d| pg_sys::Oid::from(d.value() as u32))
+/// A function of schema `nsp` by name and argument types, straight from the syscache: no
+/// privilege check (the hook runs for every query of every role, including roles without
+/// USAGE on schema driftdb) and no search_path.
+unsafe fn func_oid(nsp: pg_sys::Oid, name: &std::ffi::CStr, args: &[pg_sys::Oid]) -> pg_sys::Oid {
+    let v = pg_sys::buildoidvector(args.as_ptr(), args.len() as i32);
+    let mut nm: pg_sys::NameData = std::mem::zeroed();
+    pg_sys::namestrcpy(&mut nm, name.as_ptr());
+    pg_sys::GetSysCacheOid(
+        pg_sys::SysCacheIdentifier::PROCNAMEARGSNSP as i32,
+        pg_sys::Anum_pg_proc_oid as i16,
+        pg_sys::Datum::from(&mut nm as *mut pg_sys::NameData),
+        pg_sys::Datum::from(v),
+        pg_sys::Datum::from(nsp),
+        pg_sys::Datum::from(0usize),
+    )
 }
 
 thread_local! {
@@ -76,11 +87,11 @@ pub fn funcs() -> Option<Funcs> {
             }
         }
         let f = Funcs {
-            as_of_seq: func_oid(c"driftdb.as_of(anyelement,bigint)"),
-            as_of_time: func_oid(c"driftdb.as_of(anyelement,timestamptz)"),
-            versions: func_oid(c"driftdb.versions(anyelement)"),
-            tsm_seq: func_oid(c"driftdb.as_of_seq(internal)"),
-            tsm_time: func_oid(c"driftdb.as_of_time(internal)"),
+            as_of_seq: func_oid(nsp, c"as_of", &[pg_sys::ANYELEMENTOID, pg_sys::INT8OID]),
+            as_of_time: func_oid(nsp, c"as_of", &[pg_sys::ANYELEMENTOID, pg_sys::TIMESTAMPTZOID]),
+            versions: func_oid(nsp, c"versions", &[pg_sys::ANYELEMENTOID]),
+            tsm_seq: func_oid(nsp, c"as_of_seq", &[pg_sys::INTERNALOID]),
+            tsm_time: func_oid(nsp, c"as_of_time", &[pg_sys::INTERNALOID]),
         };
         if [f.as_of_seq, f.as_of_time, f.versions, f.tsm_seq, f.tsm_time].contains(&pg_sys::InvalidOid) {
             return None; // mid CREATE EXTENSION
