@@ -38,7 +38,15 @@ unsafe fn committed_seqs(cat: &Catalog, lo: i64, hi: i64) -> HashSet<i64> {
 
 /// The sequence's last drawn value (0 if none was drawn yet).
 unsafe fn last_drawn(cat: &Catalog) -> i64 {
-    pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[cat.commit_seq.into_datum()]).unwrap_or(0)
+    // pg_sequence_last_value checks the caller's privileges on the sequence, which PUBLIC
+    // lacks; driftdb reads it for any role that may read a table's history, as the bootstrap
+    // superuser (an ERROR restores the user id at abort).
+    let (mut uid, mut ctx) = (pg_sys::InvalidOid, 0);
+    pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+    pg_sys::SetUserIdAndSecContext(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+    let v = pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[cat.commit_seq.into_datum()]).unwrap_or(0);
+    pg_sys::SetUserIdAndSecContext(uid, ctx);
+    v
 }
 
 /// The newest seq at or below which every seq is settled (see the module comment).
