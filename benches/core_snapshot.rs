@@ -1,7 +1,8 @@
 //! core_snapshot.rs — criterion benchmarks of driftdb-core's snapshot blocks and row
 //! versions: encoding and decoding a 100k-row snapshot of a typical 5-column table into 1 MiB
-//! blocks (throughput in raw, uncompressed payload bytes; also one single 100k-row block,
-//! compressed and not), and building the versions of 1.1M events (100k inserts, then 10
+//! blocks (throughput in raw, uncompressed payload bytes; decoding both into one vector and
+//! block by block as a scan would; also one single 100k-row block, compressed and not, and
+//! a plain clone of the rows as the floor set by allocating them), and building the versions of 1.1M events (100k inserts, then 10
 //! updates of every row) with `VersionBuilder`, draining closed versions as a caller would.
 //! Run: cargo bench -p driftdb-core --bench core_snapshot [-- --quick]
 
@@ -24,7 +25,11 @@ fn snapshot_row(id: i64, version: i64) -> Row {
         (2, Value::Text(format!("customer {id:07} v{version:02}"))),
         (
             3,
-            Value::Numeric(format!("{}.{:02}", 10 + (id * 7919 + version) % 99_990, id % 100)),
+            Value::Numeric(format!(
+                "{}.{:02}",
+                10 + (id * 7919 + version) % 99_990,
+                id % 100
+            )),
         ),
         (
             4,
@@ -53,7 +58,10 @@ fn bench_snapshot(c: &mut Criterion) {
     let rows: Vec<Row> = (0..ROWS).map(|id| snapshot_row(id, 0)).collect();
     let blocks = encode_blocks(&rows);
     assert_eq!(decode_blocks(&blocks), rows);
-    let raw: u64 = blocks.iter().map(|b| check_block(b).unwrap().raw_len as u64).sum();
+    let raw: u64 = blocks
+        .iter()
+        .map(|b| check_block(b).unwrap().raw_len as u64)
+        .sum();
     let stored: u64 = blocks.iter().map(|b| b.len() as u64).sum();
     println!(
         "snapshot of {ROWS} rows: {} blocks, {raw} raw payload bytes ({:.1} per row), \
@@ -68,8 +76,21 @@ fn bench_snapshot(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_100k");
     g.sample_size(20);
     g.throughput(Throughput::Bytes(raw));
-    g.bench_function("encode_1mib_blocks", |b| b.iter(|| encode_blocks(black_box(&rows))));
-    g.bench_function("decode_1mib_blocks", |b| b.iter(|| decode_blocks(black_box(&blocks))));
+    g.bench_function("encode_1mib_blocks", |b| {
+        b.iter(|| encode_blocks(black_box(&rows)))
+    });
+    g.bench_function("decode_1mib_blocks", |b| {
+        b.iter(|| decode_blocks(black_box(&blocks)))
+    });
+    // as a scan returning tuples would: each block's rows dropped before the next is decoded
+    g.bench_function("decode_1mib_blocks_streamed", |b| {
+        b.iter(|| {
+            black_box(&blocks)
+                .iter()
+                .map(|blk| decode_snapshot_block(blk).unwrap().len())
+                .sum::<usize>()
+        })
+    });
     g.bench_function("encode_one_block", |b| {
         b.iter(|| encode_snapshot_block(black_box(&rows)))
     });
@@ -79,6 +100,8 @@ fn bench_snapshot(c: &mut Criterion) {
     g.bench_function("decode_one_block_uncompressed", |b| {
         b.iter(|| decode_snapshot_block(black_box(&one_raw)).unwrap())
     });
+    // reference point: allocating and filling the decoded rows' memory, no decoding at all
+    g.bench_function("clone_rows", |b| b.iter(|| black_box(&rows).clone()));
     g.finish();
 }
 

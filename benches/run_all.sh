@@ -2,21 +2,22 @@
 # run_all.sh — run every SQL-level benchmark (benches/sql/*.sh) and write a markdown summary to
 # benches/results/latest.md (and stdout); raw numbers go to benches/results/latest.tsv.
 #
-#   benches/run_all.sh            full mode: the benchmarks' defaults (~30 minutes on 2 cores)
-#   benches/run_all.sh --quick    smoke check: small sizes, one 2-second run each (< 3 minutes);
+#   benches/run_all.sh            full mode: the benchmarks' defaults (~50 minutes on 2 cores)
+#   benches/run_all.sh --quick    smoke check: small sizes, one 2-second run each (~5 minutes);
 #                                 proves everything runs, the numbers are only indicative
 #   --out FILE                    write the markdown somewhere else
-#   --only "tpcb single_row copy reads"   run a subset
+#   --only "tpcb single_row copy reads time_travel"   run a subset
 #   --render FILE.tsv             no benchmarks: re-render the markdown from a results TSV
 #
 # Each benchmark starts and stops its own throwaway cluster; see benches/README.md for what they
-# measure and how to read the ratios (throughput relative to plain heap in the same run).
+# measure and how to read the ratios (throughput relative to plain heap in the same run; for
+# time_travel: latency as a multiple of the same system's current-state read, see the README).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/sql/lib.sh"
 trap - EXIT
 
-MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row copy reads" RENDER=
+MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row copy reads time_travel" RENDER=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick; shift ;;
@@ -34,17 +35,23 @@ if [ "$MODE" = quick ]; then
   SINGLE=(--rows 100000 --clients 2 --time 2 --runs 1 --sync-commit both)
   COPY=(--rows 100000 --runs 1)
   READS=(--rows 100000 --clients 2 --time 2 --runs 1)
+  TT=(--rows 5000 --updates 10 --depth-factor 10 --time 2 --runs 1)
 else
   TPCB=(--scale 10 --clients 2 --time 20 --runs 3 --sync-commit both)
   SINGLE=(--rows 100000 --clients 2 --time 15 --runs 3 --sync-commit both)
   COPY=(--rows 1000000 --runs 3)
   READS=(--rows 1000000 --clients 2 --time 15 --runs 3)
+  TT=(--rows 100000 --updates 10 --depth-factor 10 --time 5 --runs 3)
 fi
 
 mkdir -p "$(dirname "$OUT")"
 TSV=$(mktemp /tmp/driftdb-bench-results.XXXXXX)
-rm -f "$TSV.notes"
-if [ -n "$RENDER" ]; then cp "$RENDER" "$TSV"; [ -f "$RENDER.notes" ] && cp "$RENDER.notes" "$TSV.notes"; fi
+rm -f "$TSV.notes" "$TSV.plans"
+if [ -n "$RENDER" ]; then
+  cp "$RENDER" "$TSV"
+  [ -f "$RENDER.notes" ] && cp "$RENDER.notes" "$TSV.notes"
+  [ -f "$RENDER.plans" ] && cp "$RENDER.plans" "$TSV.plans"
+fi
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 BUILD_AT_START=$(driftdb_build)
 git_rev=$(git -C "$HERE/.." rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -74,12 +81,43 @@ for b in $ONLY; do
     single_row) run "single_row" "$HERE/sql/single_row.sh" "${SINGLE[@]}" ;;
     copy)       run "copy" "$HERE/sql/copy_1m.sh" "${COPY[@]}" ;;
     reads)      run "reads" "$HERE/sql/reads.sh" "${READS[@]}" ;;
+    time_travel) run "time_travel" "$HERE/sql/time_travel.sh" "${TT[@]}" ;;
     *) die "unknown benchmark $b" ;;
   esac
 done
 TOTAL=$((SECONDS - T0))
 
 # ---- markdown -------------------------------------------------------------------------------------
+# one results table; -v tt=1 selects the time-travel rows (bench "time travel: ..."), tt=0 the others
+TABLE_AWK='
+    function spread(csv,   n, a, i, j, t, m, q, v) {
+      n = split(csv, a, ","); j = 0
+      for (i = 1; i <= n; i++) if (a[i] ~ /^[0-9.]+$/) v[++j] = a[i] + 0
+      if (j < 2) return "-"
+      for (i = 2; i <= j; i++) { t = v[i]; for (q = i - 1; q >= 1 && v[q] > t; q--) v[q + 1] = v[q]; v[q + 1] = t }
+      m = (j % 2) ? v[(j + 1) / 2] : (v[j / 2] + v[j / 2 + 1]) / 2
+      return (m > 0) ? sprintf("%.0f%%", 100 * (v[j] - v[1]) / m) : "-"
+    }
+    function f(x) { if (x !~ /^[0-9.]+$/) return x; if (x >= 100) return sprintf("%.0f", x);
+                    if (x >= 10) return sprintf("%.1f", x); return sprintf("%.3f", x) }
+    (($1 ~ /^time travel: /) != tt) { next }
+    { k = $1 "\t" $2; if (!(k in seen)) { seen[k] = 1; order[++n] = k; unit[k] = $5 }
+      med[k, $3] = $4; rat[k, $3] = $6; runs[k, $3] = $7 }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = order[i]; split(k, p, "\t")
+        lbl = p[1]; if (tt) sub(/^time travel: /, "", lbl)
+        printf "| %s | %s | %s", lbl, p[2], unit[k]
+        for (s = 1; s <= 3; s++) { sys = (s == 1 ? "heap" : s == 2 ? "driftdb" : "periods")
+          printf " | %s", ((k, sys) in med) ? f(med[k, sys]) : "—" }
+        for (s = 2; s <= 3; s++) { sys = (s == 2 ? "driftdb" : "periods")
+          r = ((k, sys) in rat) ? rat[k, sys] : "—"; printf " | %s", (r ~ /^[0-9.]+$/) ? sprintf("**%.2f**", r) : r }
+        sp = ""
+        for (s = 1; s <= 3; s++) { sys = (s == 1 ? "heap" : s == 2 ? "driftdb" : "periods")
+          sp = sp (s > 1 ? " / " : "") (((k, sys) in runs) ? spread(runs[k, sys]) : "—") }
+        print " | " sp " |"
+      }
+    }'
 {
   if [ -n "$RENDER" ]; then echo "# driftdb benchmark results (re-rendered from $RENDER)"
   else echo "# driftdb benchmark results ($MODE mode)"; fi
@@ -96,6 +134,7 @@ TOTAL=$((SECONDS - T0))
   echo "- cluster settings: fsync=${DRIFTDB_FSYNC:-on}, wal_level=logical, $(printf '%s, ' "${BENCH_CONF[@]}" | sed 's/ = /=/g; s/, $//')"
   fi
   echo
+  if awk -F'\t' '$1 !~ /^time travel: / { f = 1 } END { exit !f }' "$TSV"; then
   echo "Each cell: median of the runs (unit in the Unit column). **Ratio = throughput relative to plain heap"
   echo "measured in the same run**: 1.00 = as fast as heap, 0.50 = half as fast, > 1 = faster (noise, or a"
   echo "real difference). Systems were interleaved run by run (heap, driftdb, periods, heap, ...)."
@@ -105,34 +144,23 @@ TOTAL=$((SECONDS - T0))
   echo
   echo "| Benchmark | Settings | Unit | heap | driftdb | periods | driftdb / heap | periods / heap | spread heap / driftdb / periods |"
   echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
-  awk -F'\t' '
-    function spread(csv,   n, a, i, j, t, m, q, v) {
-      n = split(csv, a, ","); j = 0
-      for (i = 1; i <= n; i++) if (a[i] ~ /^[0-9.]+$/) v[++j] = a[i] + 0
-      if (j < 2) return "-"
-      for (i = 2; i <= j; i++) { t = v[i]; for (q = i - 1; q >= 1 && v[q] > t; q--) v[q + 1] = v[q]; v[q + 1] = t }
-      m = (j % 2) ? v[(j + 1) / 2] : (v[j / 2] + v[j / 2 + 1]) / 2
-      return (m > 0) ? sprintf("%.0f%%", 100 * (v[j] - v[1]) / m) : "-"
-    }
-    function f(x) { if (x !~ /^[0-9.]+$/) return x; if (x >= 100) return sprintf("%.0f", x);
-                    if (x >= 10) return sprintf("%.1f", x); return sprintf("%.3f", x) }
-    { k = $1 "\t" $2; if (!(k in seen)) { seen[k] = 1; order[++n] = k; unit[k] = $5 }
-      med[k, $3] = $4; rat[k, $3] = $6; runs[k, $3] = $7 }
-    END {
-      for (i = 1; i <= n; i++) {
-        k = order[i]; split(k, p, "\t")
-        printf "| %s | %s | %s", p[1], p[2], unit[k]
-        for (s = 1; s <= 3; s++) { sys = (s == 1 ? "heap" : s == 2 ? "driftdb" : "periods")
-          printf " | %s", ((k, sys) in med) ? f(med[k, sys]) : "—" }
-        for (s = 2; s <= 3; s++) { sys = (s == 2 ? "driftdb" : "periods")
-          r = ((k, sys) in rat) ? rat[k, sys] : "—"; printf " | %s", (r ~ /^[0-9.]+$/) ? sprintf("**%.2f**", r) : r }
-        sp = ""
-        for (s = 1; s <= 3; s++) { sys = (s == 1 ? "heap" : s == 2 ? "driftdb" : "periods")
-          sp = sp (s > 1 ? " / " : "") (((k, sys) in runs) ? spread(runs[k, sys]) : "—") }
-        print " | " sp " |"
-      }
-    }' "$TSV"
+  awk -F'\t' -v tt=0 "$TABLE_AWK" "$TSV"
   echo
+  fi
+  if grep -q '^time travel: ' "$TSV"; then
+  echo "## Time travel (benches/sql/time_travel.sh)"
+  echo
+  echo "Each cell: median **latency in ms** per query. **Ratio = × the same system's own current-state"
+  echo "baseline latency, same run** (AS OF / versions lookups ÷ that system's current PK lookup; full AS OF"
+  echo "reads ÷ that system's current full read): **lower is better**, 1.00 = as fast as a current read."
+  echo "The heap column is a plain heap table's full read (same rows), the yardstick for \"≤ 3× a heap seq scan\"."
+  echo "Settings: rows, update rounds (each row has updates+1 versions), clients, seconds per run."
+  echo
+  echo "| Query | Settings | Unit | heap | driftdb | periods | driftdb × own baseline | periods × own baseline | spread heap / driftdb / periods |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
+  awk -F'\t' -v tt=1 "$TABLE_AWK" "$TSV"
+  echo
+  fi
   echo "<details><summary>per-run values</summary>"
   echo
   echo "| Benchmark | Settings | System | Runs |"
@@ -155,11 +183,18 @@ TOTAL=$((SECONDS - T0))
     awk -v l="${LOAD_BEFORE%% *}" -v n="$NCPU" 'BEGIN { if (l > n * 0.5)
       printf "- The host was busy (load average %s on %d CPUs) when the run started: expect noise.\n", l, n }'
   fi
+  if [ -s "$TSV.plans" ]; then
+    echo
+    echo "## Query plans (time_travel.sh: EXPLAIN (ANALYZE, COSTS OFF), literal middle key and middle round)"
+    echo
+    cat "$TSV.plans"
+  fi
 } >"$OUT"
 if [ -z "$RENDER" ]; then
   cp "$TSV" "${OUT%.md}.tsv"
   if [ -s "$TSV.notes" ]; then sort -u "$TSV.notes" >"${OUT%.md}.tsv.notes"; else rm -f "${OUT%.md}.tsv.notes"; fi
+  if [ -s "$TSV.plans" ]; then cp "$TSV.plans" "${OUT%.md}.tsv.plans"; else rm -f "${OUT%.md}.tsv.plans"; fi
 fi
-rm -f "$TSV" "$TSV.notes"
+rm -f "$TSV" "$TSV.notes" "$TSV.plans"
 cat "$OUT"
 log "wrote $OUT (total ${TOTAL}s)"

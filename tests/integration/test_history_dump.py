@@ -60,6 +60,10 @@ def _populate(conn, role):
     with conn.transaction():
         conn.execute("INSERT INTO a VALUES (2000, 'last', 1)")
         conn.execute("UPDATE b SET amount = -1 WHERE k2 = 1")
+    # time travel objects that must survive too: a snapshot, and a view reading the past
+    conn.execute("SELECT driftdb.snapshot('a')")
+    conn.execute("UPDATE a SET v = 'after snapshot' WHERE id = 3")
+    conn.execute("CREATE VIEW a_at_3 AS SELECT id, v FROM driftdb.as_of(NULL::a, 3::bigint)")
 
 
 def _state(conn):
@@ -76,7 +80,26 @@ def _state(conn):
         "JOIN driftdb.tables t USING (table_id) ORDER BY e.seq, e.ord, t.relid::text"
     ).fetchall()
     rows = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES + ["plain_heap"]}
-    return {"transactions": tx, "tables": reg, "events": ev, "rows": rows, "current_seq": current_seq(conn)}
+    # time travel: the same answers at every seq, the same versions and changes
+    top = current_seq(conn)
+    as_of = {
+        (t, n): conn.execute(f"SELECT x::text FROM driftdb.as_of(NULL::{t}, %s::bigint) x ORDER BY 1", (n,)).fetchall()
+        for t in TABLES for n in range(0, top + 2)
+    }
+    versions = {
+        t: conn.execute(f"SELECT seq_start, seq_end, system_time_start::text, system_time_end::text, data::text FROM driftdb.versions(NULL::{t}) ORDER BY 1, 5").fetchall()
+        for t in TABLES
+    }
+    changes = {
+        t: conn.execute(f"SELECT seq, committed_at, committed_by, operation, old_data::text, new_data::text FROM driftdb.changes(NULL::{t}) ORDER BY 1, 4, 5, 6").fetchall()
+        for t in TABLES
+    }
+    view = conn.execute("SELECT * FROM a_at_3 ORDER BY 1").fetchall()
+    snaps = conn.execute(
+        "SELECT t.relid::text, s.seq, s.block, s.nrows, s.data FROM driftdb.snapshots s JOIN driftdb.tables t USING (table_id) ORDER BY 1, 2, 3"
+    ).fetchall()
+    return {"transactions": tx, "tables": reg, "events": ev, "rows": rows, "current_seq": top,
+            "as_of": as_of, "versions": versions, "changes": changes, "view": view, "snapshots": snaps}
 
 
 def _run(cmd, env_extra=None):
