@@ -12,6 +12,10 @@ use pgrx::prelude::*;
 
 use crate::error::DriftError;
 
+thread_local! {
+    static CACHED: std::cell::Cell<Option<(pg_sys::Oid, Catalog)>> = const { std::cell::Cell::new(None) };
+}
+
 /// OIDs of driftdb's objects in the current database.
 #[derive(Clone, Copy, Debug)]
 pub struct Catalog {
@@ -37,13 +41,25 @@ fn relid(nsp: pg_sys::Oid, name: &str) -> pg_sys::Oid {
 
 impl Catalog {
     /// Look the objects up; None if the extension is not installed in this database.
+    /// Cached per backend by the OID of schema `driftdb` (a dropped and re-created extension
+    /// has a new schema OID, and every object in it new OIDs).
     pub fn get() -> Option<Catalog> {
-        let nsp = CString::new("driftdb").unwrap();
         // SAFETY: syscache lookup with a valid C string.
-        let nsp = unsafe { pg_sys::get_namespace_oid(nsp.as_ptr(), true) };
+        let nsp = unsafe { pg_sys::get_namespace_oid(c"driftdb".as_ptr(), true) };
         if nsp == pg_sys::InvalidOid {
             return None;
         }
+        if let Some((n, c)) = CACHED.with(|c| c.get()) {
+            if n == nsp {
+                return Some(c);
+            }
+        }
+        let c = Self::lookup(nsp)?;
+        CACHED.with(|cell| cell.set(Some((nsp, c))));
+        Some(c)
+    }
+
+    fn lookup(nsp: pg_sys::Oid) -> Option<Catalog> {
         let c = Catalog {
             tables: relid(nsp, "tables"),
             tables_pkey: relid(nsp, "tables_pkey"),

@@ -182,11 +182,22 @@ unsafe fn record_datum(typid: pg_sys::Oid, fields: &[Value]) -> pg_sys::Datum {
     pg_sys::Datum::from(pg_sys::HeapTupleHeaderGetDatum((*tup).t_data))
 }
 
+/// How one column decodes, worked out once per scan (type lookups are syscache probes, and
+/// `OidInputFunctionCall` would redo the function lookup for every value).
+struct ColPlan {
+    attnum: u16,
+    typid: pg_sys::Oid,
+    base: pg_sys::Oid,
+    typmod: i32,
+    dropped: bool,
+    /// input function of the base type (numeric and text-form types)
+    input: Option<(Box<pg_sys::FmgrInfo>, pg_sys::Oid)>,
+}
+
 /// Per-column decoding plan for one relation descriptor: type, typmod, and the value a column
 /// absent from an old image reads as.
 pub struct RowDecoder {
-    /// (attnum, typid, typmod, dropped) per attribute, in attnum order.
-    cols: Vec<(u16, pg_sys::Oid, i32, bool)>,
+    cols: Vec<ColPlan>,
     /// Missing value per attnum (index attnum-1), for rows written before the column existed.
     missing: Vec<Value>,
 }
@@ -198,9 +209,43 @@ impl RowDecoder {
     pub unsafe fn new(tupdesc: pg_sys::TupleDesc, missing: &dyn Fn(u16) -> Value) -> RowDecoder {
         let natts = (*tupdesc).natts as usize;
         let attrs = (*tupdesc).attrs.as_slice(natts);
-        let cols: Vec<_> = attrs.iter().enumerate().map(|(i, a)| ((i + 1) as u16, a.atttypid, a.atttypmod, a.attisdropped)).collect();
-        let missing = cols.iter().map(|c| if c.3 { Value::Null } else { missing(c.0) }).collect();
+        let cols: Vec<ColPlan> = attrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let base = if a.attisdropped { pg_sys::InvalidOid } else { pg_sys::getBaseType(a.atttypid) };
+                let input = if a.attisdropped || base == pg_sys::InvalidOid {
+                    None
+                } else {
+                    let (mut f, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+                    pg_sys::getTypeInputInfo(base, &mut f, &mut ioparam);
+                    let mut finfo: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+                    pg_sys::fmgr_info(f, finfo.as_mut());
+                    Some((finfo, ioparam))
+                };
+                ColPlan { attnum: (i + 1) as u16, typid: a.atttypid, base, typmod: a.atttypmod, dropped: a.attisdropped, input }
+            })
+            .collect();
+        let missing = cols.iter().map(|c| if c.dropped { Value::Null } else { missing(c.attnum) }).collect();
         RowDecoder { cols, missing }
+    }
+
+    /// One value of column `c`: the common scalar types directly, text forms through the
+    /// cached input function, everything else through `value_to_datum`.
+    unsafe fn decode_col(c: &mut ColPlan, v: &Value) -> Option<pg_sys::Datum> {
+        match (c.base, v) {
+            (_, Value::Null) => None,
+            (pg_sys::INT4OID, Value::Int(i)) => Some(pg_sys::Datum::from(*i as i32)),
+            (pg_sys::INT8OID, Value::Int(i)) => Some(pg_sys::Datum::from(*i)),
+            (pg_sys::TIMESTAMPTZOID, Value::TimestampTz(t)) | (pg_sys::TIMESTAMPOID, Value::Timestamp(t)) => Some(pg_sys::Datum::from(*t)),
+            (pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID, Value::Text(s)) => Some(text_datum(s)),
+            (pg_sys::NUMERICOID, Value::Numeric(s)) | (_, Value::Other(s)) if c.input.is_some() => {
+                let (finfo, ioparam) = c.input.as_mut().unwrap();
+                let cs = cstring_in_server(s);
+                Some(pg_sys::InputFunctionCall(finfo.as_mut(), cs.as_ptr() as *mut _, *ioparam, c.typmod))
+            }
+            _ => value_to_datum(v, c.typid, c.typmod),
+        }
     }
 
     pub fn natts(&self) -> usize {
@@ -211,9 +256,10 @@ impl RowDecoder {
     ///
     /// # Safety
     /// Inside a transaction; datums are allocated in the current memory context.
-    pub unsafe fn decode_into(&self, row: &Row, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+    pub unsafe fn decode_into(&mut self, row: &Row, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
         let mut src = row.0.iter().peekable();
-        for (i, &(attnum, typid, typmod, dropped)) in self.cols.iter().enumerate() {
+        for (i, c) in self.cols.iter_mut().enumerate() {
+            let attnum = c.attnum;
             while src.peek().is_some_and(|(a, _)| *a < attnum) {
                 src.next();
             }
@@ -221,12 +267,8 @@ impl RowDecoder {
                 Some((a, v)) if *a == attnum => v,
                 _ => &self.missing[i],
             };
-            if dropped {
-                values[i] = pg_sys::Datum::from(0usize);
-                nulls[i] = true;
-                continue;
-            }
-            match value_to_datum(v, typid, typmod) {
+            let d = if c.dropped { None } else { Self::decode_col(c, v) };
+            match d {
                 Some(d) => {
                     values[i] = d;
                     nulls[i] = false;
@@ -243,7 +285,7 @@ impl RowDecoder {
     ///
     /// # Safety
     /// `tupdesc` is the descriptor this decoder was made for.
-    pub unsafe fn form_tuple(&self, tupdesc: pg_sys::TupleDesc, row: &Row) -> pg_sys::HeapTuple {
+    pub unsafe fn form_tuple(&mut self, tupdesc: pg_sys::TupleDesc, row: &Row) -> pg_sys::HeapTuple {
         let n = self.cols.len();
         let mut values = vec![pg_sys::Datum::from(0usize); n];
         let mut nulls = vec![true; n];

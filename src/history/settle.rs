@@ -110,7 +110,7 @@ COMMENT ON FUNCTION driftdb.current_seq() IS 'newest committed driftdb commit se
 );
 
 /// The commit time of the first committed seq ≥ `seq` (with that seq), if any.
-unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, i64)> {
+pub(crate) unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, i64)> {
     let mut found = None;
     let keys = [(1, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::F_INT8GE, pg_sys::Datum::from(seq as usize))];
     catalog::scan(cat.commits, cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {

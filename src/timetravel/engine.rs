@@ -85,17 +85,59 @@ pub fn resolve(cat: &Catalog, p: Point) -> Bound {
             Bound { seq: n.min(s), time: None }
         }
         Point::Time(ts) => {
-            if s > 0 && ts < t {
-                return Bound { seq: s, time: Some(ts) };
-            }
-            let (s, t) = refresh_settled(cat);
+            let (s, t) = if s > 0 && ts < t { (s, t) } else { refresh_settled(cat) };
             if ts >= t {
-                Bound { seq: s, time: None }
-            } else {
-                Bound { seq: s, time: Some(ts) }
+                return Bound { seq: s, time: None };
             }
+            Bound { seq: seq_for_time(cat, ts, s), time: None }
         }
     }
+}
+
+thread_local! {
+    /// (commits table OID, seq → commit time) of every commit a binary search has probed:
+    /// commit times never change, and later searches start from the nearest known points.
+    static TIMES: std::cell::RefCell<(pg_sys::Oid, std::collections::BTreeMap<i64, i64>)> =
+        std::cell::RefCell::new((pg_sys::InvalidOid, std::collections::BTreeMap::new()));
+}
+
+/// The newest committed seq ≤ `top` (settled, committed after `ts`) committed at or before
+/// `ts`; 0 if none. Commit times are non-decreasing in seq (D4): a binary search over the
+/// commits' primary key, seeded with the commit times this backend already knows.
+fn seq_for_time(cat: &Catalog, ts: i64, top: i64) -> i64 {
+    TIMES.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != cat.commits || cell.1.len() > 1_000_000 {
+            *cell = (cat.commits, std::collections::BTreeMap::new());
+        }
+        let known = &mut cell.1;
+        // invariant: every committed seq ≤ lo has time ≤ ts, lo is committed (or 0);
+        //            every committed seq ≥ hi has time > ts
+        let mut lo = 0i64;
+        let mut hi = top;
+        if let Some((&s, _)) = known.range(..=top).rev().find(|(_, &t)| t <= ts) {
+            lo = s;
+        }
+        if let Some((&s, _)) = known.range(lo + 1..=top).find(|(_, &t)| t > ts) {
+            hi = s;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            // SAFETY: catalog-style read of driftdb.commits.
+            match unsafe { settle::first_commit_from(cat, mid) } {
+                Some((s, t)) if s < hi => {
+                    known.insert(s, t);
+                    if t <= ts {
+                        lo = s;
+                    } else {
+                        hi = s;
+                    }
+                }
+                _ => hi = mid,
+            }
+        }
+        lo
+    })
 }
 
 /// The seq a bound amounts to (the newest visible seq).
@@ -155,28 +197,30 @@ impl Source {
     }
 
     /// The whole table at `seq` (a settled seq): the newest snapshot at or below it, plus the
-    /// events after the snapshot.
+    /// events after the snapshot (when there are none, the snapshot's rows as they are).
     /// Also returns how many events were replayed after the snapshot.
-    pub fn rows_at(&self, seq: i64) -> (ImageReplay, usize) {
-        let Some(info) = &self.info else { return (ImageReplay::new(self.key_cols()), 0) };
+    pub fn rows_at(&self, seq: i64) -> (Vec<Row>, usize) {
+        let Some(info) = &self.info else { return (Vec::new(), 0) };
         let snap = reader::latest_snapshot(&self.cat, info.table_id, seq);
-        let mut state = match snap {
-            Some(s) => {
-                let mut rows = Vec::new();
-                reader::snapshot_rows(&self.cat, info.table_id, s, |b| rows.extend(b));
-                ImageReplay::from_rows(self.key_cols(), rows, Some(s as u64))
-            }
-            None => ImageReplay::new(self.key_cols()),
-        };
-        let mut replayed = 0;
+        let mut rows = Vec::new();
+        if let Some(s) = snap {
+            reader::snapshot_rows(&self.cat, info.table_id, s, |b| rows.extend(b));
+        }
+        let mut events = Vec::new();
         reader::events_between(&self.cat, info.table_id, snap.unwrap_or(0), seq, |e| {
-            if let Err(err) = state.apply(&e) {
-                reader::corrupted(format!("replaying history: {err}"));
-            }
-            replayed += 1;
+            events.push(e);
             true
         });
-        (state, replayed)
+        if events.is_empty() {
+            return (rows, 0);
+        }
+        let mut state = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
+        for e in &events {
+            if let Err(err) = state.apply(e) {
+                reader::corrupted(format!("replaying history: {err}"));
+            }
+        }
+        (state.into_rows().collect(), events.len())
     }
 
     /// Can one key's row at a bound be read from the key index? Only while the events' keys

@@ -318,10 +318,10 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
         return src.row_for_key(&key, bound, &marks).into_iter().collect();
     }
     let seq = engine::bound_seq(&cat, bound);
-    let (state, replayed) = src.rows_at(seq);
-    super::snapshot::maybe_store(&cat, &src, seq, &state, replayed);
+    let (rows, replayed) = src.rows_at(seq);
+    super::snapshot::maybe_store(&cat, &src, seq, &rows, replayed);
     st.did = Some(format!("state at seq {seq}: {replayed} events replayed"));
-    state.into_rows().collect()
+    rows
 }
 
 fn srf_null(mode: i32) -> ! {
@@ -352,7 +352,7 @@ unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::T
     // datums live in the per-tuple context, which ExecScan resets before the next fetch
     let econtext = (*node).ss.ps.ps_ExprContext;
     let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
-    st.decoder.as_ref().unwrap().decode_into(&row, values, nulls);
+    st.decoder.as_mut().unwrap().decode_into(&row, values, nulls);
     pg_sys::MemoryContextSwitchTo(old);
     (*slot).tts_tableOid = (*(*ss).ss_currentRelation).rd_id;
     pg_sys::ExecStoreVirtualTuple(slot)
@@ -375,7 +375,7 @@ unsafe fn access_versions(node: *mut pg_sys::CustomScanState) -> *mut pg_sys::Tu
     values[1] = pg_sys::Datum::from(v.end_at.unwrap_or(i64::MAX));
     values[2] = pg_sys::Datum::from(v.start_seq as i64);
     values[3] = pg_sys::Datum::from(v.end_seq.map_or(0, |s| s as i64));
-    let tup = st.decoder.as_ref().unwrap().form_tuple(st.desc, &v.row);
+    let tup = st.decoder.as_mut().unwrap().form_tuple(st.desc, &v.row);
     values[4] = pg_sys::HeapTupleHeaderGetDatum((*tup).t_data);
     nulls.copy_from_slice(&[false, false, false, v.end_seq.is_none(), false]);
     pg_sys::MemoryContextSwitchTo(old);

@@ -7,7 +7,7 @@
 //! more than the table has rows) stores the state it computed, unless the transaction is
 //! read-only, the server is a standby, or another backend is already storing one for the
 //! table. Snapshots are derived data: each is rebuilt exactly from the events.
-use driftdb_core::{split_into_blocks, ImageReplay};
+use driftdb_core::{split_into_blocks, Row};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -35,7 +35,7 @@ pub fn init() {
 
 /// Store `state` (the table at settled `seq`) as a snapshot, unless one exists or another
 /// backend is storing one. Returns whether it stored.
-pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, state: &ImageReplay) -> bool {
+pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, rows: &[Row]) -> bool {
     let Some(info) = &src.info else { return false };
     // one writer per table at a time; others skip (the lock is held until their transaction ends)
     if !pg_sys::ConditionalLockDatabaseObject(cat.snapshots, src.relid, 0, pg_sys::ExclusiveLock as i32) {
@@ -44,7 +44,7 @@ pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, state: &ImageReplay) 
     if reader::latest_snapshot(cat, info.table_id, seq) == Some(seq) {
         return false;
     }
-    let blocks = split_into_blocks(state.rows().cloned(), BLOCK_BYTES);
+    let blocks = split_into_blocks(rows.iter().cloned(), BLOCK_BYTES);
     let mut w = Writer::open(cat.snapshots);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb snapshot write");
     for (i, b) in blocks.iter().enumerate() {
@@ -65,15 +65,15 @@ pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, state: &ImageReplay) 
 }
 
 /// After a full read replayed `replayed` events beyond its snapshot: store one if due.
-pub unsafe fn maybe_store(cat: &Catalog, src: &Source, seq: i64, state: &ImageReplay, replayed: usize) {
+pub unsafe fn maybe_store(cat: &Catalog, src: &Source, seq: i64, rows: &[Row], replayed: usize) {
     let min = MIN_EVENTS.get();
-    if min <= 0 || replayed < min as usize || replayed < state.len() {
+    if min <= 0 || replayed < min as usize || replayed < rows.len() {
         return;
     }
     if pg_sys::XactReadOnly || pg_sys::RecoveryInProgress() || pg_sys::IsInParallelMode() {
         return;
     }
-    store(cat, src, seq, state);
+    store(cat, src, seq, rows);
 }
 
 /// `driftdb.snapshot(regclass)`: store the table's state at the newest settled seq; returns
@@ -90,8 +90,8 @@ fn snapshot_sql(table: pgrx::PgRelation) -> i64 {
         let seq = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
         if let Some(info) = &src.info {
             if reader::latest_snapshot(&cat, info.table_id, seq) != Some(seq) {
-                let (state, _) = src.rows_at(seq);
-                store(&cat, &src, seq, &state);
+                let (rows, _) = src.rows_at(seq);
+                store(&cat, &src, seq, &rows);
             }
         }
         seq

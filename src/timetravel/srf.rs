@@ -116,13 +116,13 @@ unsafe fn as_of(fcinfo: pg_sys::FunctionCallInfo, point: Point) -> pg_sys::Datum
     let seq = engine::bound_seq(&cat, bound);
     src.check_start(seq, &rel_name(relid));
     let marks = src.marks(bound.seq);
-    let dec = decoder_for(rel, &marks);
+    let mut dec = decoder_for(rel, &marks);
     let (store, _desc) = materialize(fcinfo);
     let desc = (*rel).rd_att;
-    let (state, replayed) = src.rows_at(seq);
-    super::snapshot::maybe_store(&cat, &src, seq, &state, replayed);
+    let (rows, replayed) = src.rows_at(seq);
+    super::snapshot::maybe_store(&cat, &src, seq, &rows, replayed);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb as_of rows");
-    for row in state.rows() {
+    for row in &rows {
         tmp.switch_to(|_| {
             let tup = dec.form_tuple(desc, row);
             pg_sys::tuplestore_puttuple(store, tup);
@@ -166,7 +166,7 @@ pub unsafe extern "C-unwind" fn driftdb_as_of_time(fcinfo: pg_sys::FunctionCallI
 }
 
 /// A whole-row datum of the table's row type.
-unsafe fn row_datum(dec: &RowDecoder, desc: pg_sys::TupleDesc, row: &Row) -> pg_sys::Datum {
+unsafe fn row_datum(dec: &mut RowDecoder, desc: pg_sys::TupleDesc, row: &Row) -> pg_sys::Datum {
     let tup = dec.form_tuple(desc, row);
     pg_sys::HeapTupleHeaderGetDatum((*tup).t_data)
 }
@@ -182,7 +182,7 @@ pub extern "C" fn pg_finfo_driftdb_versions() -> &'static pg_sys::Pg_finfo_recor
 }
 
 /// Emit versions into a tuplestore of (system_time_start, system_time_end, seq_start, seq_end, data).
-pub unsafe fn put_version(store: *mut pg_sys::Tuplestorestate, out: pg_sys::TupleDesc, dec: &RowDecoder, desc: pg_sys::TupleDesc, v: &driftdb_core::Version) {
+pub unsafe fn put_version(store: *mut pg_sys::Tuplestorestate, out: pg_sys::TupleDesc, dec: &mut RowDecoder, desc: pg_sys::TupleDesc, v: &driftdb_core::Version) {
     let mut values = [
         pg_sys::Datum::from(v.start_at),
         ts_datum(v.end_at),
@@ -205,12 +205,12 @@ pub unsafe extern "C-unwind" fn driftdb_versions(fcinfo: pg_sys::FunctionCallInf
     let src = Source::new(cat, rel);
     let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
     let marks = src.marks(settled);
-    let dec = decoder_for(rel, &marks);
+    let mut dec = decoder_for(rel, &marks);
     let (store, out) = materialize(fcinfo);
     let desc = (*rel).rd_att;
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb versions");
     src.versions(None, settled, &marks, |v| {
-        tmp.switch_to(|_| put_version(store, out, &dec, desc, &v));
+        tmp.switch_to(|_| put_version(store, out, &mut dec, desc, &v));
         tmp.reset();
     });
     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
@@ -234,7 +234,7 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
     let src = Source::new(cat, rel);
     let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
     let marks = src.marks(settled);
-    let dec = decoder_for(rel, &marks);
+    let mut dec = decoder_for(rel, &marks);
     let (store, out) = materialize(fcinfo);
     let desc = (*rel).rd_att;
     let mut who = super::reader::CommitterCache::new(&cat);
@@ -247,8 +247,8 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
                 pg_sys::Datum::from(at),
                 by.as_str().into_datum().unwrap(),
                 op.as_str().into_datum().unwrap(),
-                old.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&dec, desc, r)),
-                new.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&dec, desc, r)),
+                old.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&mut dec, desc, r)),
+                new.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&mut dec, desc, r)),
             ];
             let keep_old = matches!(op, Op::Update | Op::Delete);
             let keep_new = matches!(op, Op::Update | Op::Insert);
