@@ -533,9 +533,41 @@ pub(crate) fn image_key_values(key_cols: Option<&[u16]>, row: &Row) -> Vec<Value
     }
 }
 
-/// ... and as canonical key bytes (`frame::encode_key`), for hashing.
+/// ... and as canonical key bytes, for hashing: the same bytes as
+/// `frame::encode_key(&image_key_values(..))`, written without copying the values.
 pub(crate) fn image_key(key_cols: Option<&[u16]>, row: &Row) -> Vec<u8> {
-    encode_key(&image_key_values(key_cols, row))
+    struct Key<'a>(Option<&'a [u16]>, &'a Row);
+    fn put<S: serde::ser::SerializeSeq>(seq: &mut S, v: &Value) -> Result<(), S::Error> {
+        if v.has_noncanonical_nan() {
+            let mut v = v.clone();
+            v.canonicalize();
+            seq.serialize_element(&v)
+        } else {
+            seq.serialize_element(v)
+        }
+    }
+    impl serde::Serialize for Key<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            match self.0 {
+                Some(cols) => {
+                    let mut seq = s.serialize_seq(Some(cols.len()))?;
+                    for &a in cols {
+                        put(&mut seq, self.1.get(a).unwrap_or(&Value::Null))?;
+                    }
+                    seq.end()
+                }
+                None => {
+                    let mut seq = s.serialize_seq(Some(self.1.len()))?;
+                    for (_, v) in &self.1 .0 {
+                        put(&mut seq, v)?;
+                    }
+                    seq.end()
+                }
+            }
+        }
+    }
+    rmp_serde::to_vec(&Key(key_cols, row)).expect("key serialization is infallible")
 }
 
 /// Replay by row images under a caller-chosen identity.
@@ -726,6 +758,36 @@ mod image_replay_tests {
         let mut first = row(1, "a");
         first.0.push((3, Value::Int(0)));
         assert_eq!(rows, vec![first, later]);
+    }
+
+    #[test]
+    fn image_key_is_encode_key_of_the_projected_values() {
+        let r = Row(vec![
+            (1, Value::Float(f64::from_bits(0x7ff0_0000_0000_0001))),
+            (2, Value::Text("t".into())),
+            (4, Value::Record(vec![Value::Float(-f64::NAN), Value::Int(3)])),
+        ]);
+        for cols in [None, Some(vec![]), Some(vec![2]), Some(vec![4, 3, 1]), Some((0..20).collect())] {
+            let cols = cols.as_deref();
+            assert_eq!(image_key(cols, &r), encode_key(&image_key_values(cols, &r)));
+        }
+        assert_eq!(image_key(None, &Row::default()), encode_key(&[]));
+    }
+
+    #[test]
+    fn seeded_from_a_snapshot() {
+        let mut s = ImageReplay::from_rows(Some(vec![1]), vec![row(1, "a"), row(2, "b")], Some(5));
+        assert_eq!((s.len(), s.last_seq()), (2, Some(5)));
+        assert!(matches!(
+            s.apply(&ev(4, Op::Insert, None, Some(row(3, "c")))),
+            Err(ReplayError::OutOfOrder { seq: 4, prev: 5 })
+        ));
+        s.apply(&ev(6, Op::Update, Some(row(2, "b")), Some(row(2, "b2")))).unwrap();
+        s.apply(&ev(7, Op::Delete, Some(row(1, "a")), None)).unwrap();
+        assert_eq!(s.rows().collect::<Vec<_>>(), vec![&row(2, "b2")]);
+        assert_eq!(s.last_seq(), Some(7));
+        let empty = ImageReplay::from_rows(None, Vec::new(), None);
+        assert!(empty.is_empty() && empty.last_seq().is_none() && empty.rows().next().is_none());
     }
 
     #[test]

@@ -116,23 +116,54 @@ impl VersionBuilder {
         }
         match op {
             Op::Insert => {
-                let new = e.new.as_ref().ok_or(ReplayError::MissingImage { seq, op })?;
-                self.open_row(image_key(self.key_cols.as_deref(), new), seq, at, new.clone());
+                let new = e
+                    .new
+                    .as_ref()
+                    .ok_or(ReplayError::MissingImage { seq, op })?;
+                self.open_row(
+                    image_key(self.key_cols.as_deref(), new),
+                    seq,
+                    at,
+                    new.clone(),
+                );
             }
             Op::Update => {
-                let old = e.old.as_ref().ok_or(ReplayError::MissingImage { seq, op })?;
-                let new = e.new.as_ref().ok_or(ReplayError::MissingImage { seq, op })?;
+                let old = e
+                    .old
+                    .as_ref()
+                    .ok_or(ReplayError::MissingImage { seq, op })?;
+                let new = e
+                    .new
+                    .as_ref()
+                    .ok_or(ReplayError::MissingImage { seq, op })?;
                 let ok = image_key(self.key_cols.as_deref(), old);
                 let i = self.find(&ok, seq, op, old)?;
                 let nk = image_key(self.key_cols.as_deref(), new);
-                // (not replaced in place: buckets keep ImageReplay's order, so a multiset
-                // bucket picks the same row and an error names the same replayed row)
-                let prev = self.take(&ok, i);
-                self.push_closed(prev, seq, at);
-                self.open_row(nk, seq, at, new.clone());
+                // Buckets change exactly as ImageReplay's do (swap_remove, then push), so a
+                // multiset bucket picks the same row and an error names the same replayed row.
+                if nk == ok {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let bucket = self.open.get_mut(&ok).expect("found above");
+                    let prev = bucket.swap_remove(i);
+                    bucket.push(Open {
+                        id,
+                        start_seq: seq,
+                        start_at: at,
+                        row: new.clone(),
+                    });
+                    self.push_closed(prev, seq, at);
+                } else {
+                    let prev = self.take(&ok, i);
+                    self.push_closed(prev, seq, at);
+                    self.open_row(nk, seq, at, new.clone());
+                }
             }
             Op::Delete => {
-                let old = e.old.as_ref().ok_or(ReplayError::MissingImage { seq, op })?;
+                let old = e
+                    .old
+                    .as_ref()
+                    .ok_or(ReplayError::MissingImage { seq, op })?;
                 let k = image_key(self.key_cols.as_deref(), old);
                 let i = self.find(&k, seq, op, old)?;
                 let prev = self.take(&k, i);
@@ -165,7 +196,11 @@ impl VersionBuilder {
     pub fn finish(mut self) -> Vec<Version> {
         let mut out = std::mem::take(&mut self.closed);
         out.reserve(self.open_len);
-        out.extend(self.take_all_open().into_iter().map(|o| o.close(None, None)));
+        out.extend(
+            self.take_all_open()
+                .into_iter()
+                .map(|o| o.close(None, None)),
+        );
         out
     }
 
@@ -173,17 +208,22 @@ impl VersionBuilder {
     fn find(&self, k: &[u8], seq: u64, op: Op, old: &Row) -> Result<usize, ReplayError> {
         let key = || image_key_values(self.key_cols.as_deref(), old);
         let Some(bucket) = self.open.get(k) else {
-            return Err(ReplayError::KeyNotFound { seq, op, key: key() });
+            return Err(ReplayError::KeyNotFound {
+                seq,
+                op,
+                key: key(),
+            });
         };
-        bucket.iter().position(|o| o.row.agrees_with(old)).ok_or_else(|| {
-            ReplayError::OldImageMismatch {
+        bucket
+            .iter()
+            .position(|o| o.row.agrees_with(old))
+            .ok_or_else(|| ReplayError::OldImageMismatch {
                 seq,
                 op,
                 key: key(),
                 recorded: old.clone(),
                 replayed: bucket[0].row.clone(),
-            }
-        })
+            })
     }
 
     fn take(&mut self, k: &[u8], i: usize) -> Open {
@@ -322,8 +362,11 @@ mod tests {
             upd(7, row(2, "x"), row(2, "y")),
         ];
         let out = build(Some(vec![1]), &events);
-        let lineage: Vec<&Version> = out.iter().filter(|v| v.row.get(2) != Some(&Value::Text("b".into()))).collect();
-        let mut lineage = lineage;
+        // row 1's lineage: every version but row 2's
+        let mut lineage: Vec<&Version> = out
+            .iter()
+            .filter(|v| v.row.get(2) != Some(&Value::Text("b".into())))
+            .collect();
         lineage.sort_by_key(|v| v.start_seq);
         assert_eq!(lineage.len(), 5);
         for w in lineage.windows(2) {
@@ -339,7 +382,11 @@ mod tests {
         }
         assert!(matches!(
             b.apply(&del(4, row(1, "a"))),
-            Err(ReplayError::KeyNotFound { seq: 4, op: Op::Delete, .. })
+            Err(ReplayError::KeyNotFound {
+                seq: 4,
+                op: Op::Delete,
+                ..
+            })
         ));
     }
 
@@ -356,7 +403,9 @@ mod tests {
         assert_eq!(out.len(), 4);
         let open: Vec<&Version> = out.iter().filter(|v| v.end_seq.is_none()).collect();
         assert_eq!(open.len(), 2);
-        assert!(open.iter().any(|v| v.row == row(1, "y") && v.start_seq == 3));
+        assert!(open
+            .iter()
+            .any(|v| v.row == row(1, "y") && v.start_seq == 3));
         assert!(open.iter().any(|v| v.row == row(1, "x")));
         let at = |n: u64| out.iter().filter(|v| v.visible_at(n)).count();
         assert_eq!((at(0), at(1), at(2), at(3), at(4)), (0, 1, 3, 3, 2));
@@ -366,7 +415,10 @@ mod tests {
             b.apply(e).unwrap();
         }
         b.apply(&del(5, row(1, "x"))).unwrap();
-        assert!(matches!(b.apply(&del(6, row(1, "x"))), Err(ReplayError::KeyNotFound { .. })));
+        assert!(matches!(
+            b.apply(&del(6, row(1, "x"))),
+            Err(ReplayError::KeyNotFound { .. })
+        ));
     }
 
     #[test]
@@ -399,23 +451,41 @@ mod tests {
         );
         assert_eq!(
             b.apply(&del(3, row(9, "a"))).unwrap_err(),
-            ReplayError::KeyNotFound { seq: 3, op: Op::Delete, key: vec![Value::Int(9)] }
+            ReplayError::KeyNotFound {
+                seq: 3,
+                op: Op::Delete,
+                key: vec![Value::Int(9)]
+            }
         );
         assert_eq!(
-            b.apply(&ev(3, Op::Update, None, Some(row(1, "c")))).unwrap_err(),
-            ReplayError::MissingImage { seq: 3, op: Op::Update }
+            b.apply(&ev(3, Op::Update, None, Some(row(1, "c"))))
+                .unwrap_err(),
+            ReplayError::MissingImage {
+                seq: 3,
+                op: Op::Update
+            }
         );
         assert_eq!(
-            b.apply(&ev(3, Op::Update, Some(row(1, "a")), None)).unwrap_err(),
-            ReplayError::MissingImage { seq: 3, op: Op::Update }
+            b.apply(&ev(3, Op::Update, Some(row(1, "a")), None))
+                .unwrap_err(),
+            ReplayError::MissingImage {
+                seq: 3,
+                op: Op::Update
+            }
         );
         assert_eq!(
             b.apply(&ev(3, Op::Insert, None, None)).unwrap_err(),
-            ReplayError::MissingImage { seq: 3, op: Op::Insert }
+            ReplayError::MissingImage {
+                seq: 3,
+                op: Op::Insert
+            }
         );
         assert_eq!(
             b.apply(&ev(3, Op::Delete, None, None)).unwrap_err(),
-            ReplayError::MissingImage { seq: 3, op: Op::Delete }
+            ReplayError::MissingImage {
+                seq: 3,
+                op: Op::Delete
+            }
         );
         assert_eq!(
             b.apply(&ins(1, row(5, "late"))).unwrap_err(),
@@ -437,7 +507,8 @@ mod tests {
         old.0.push((3, Value::Int(0)));
         let new = Row::new(vec![(1, Value::Int(1)), (3, Value::Int(5))]); // and DROP COLUMN 2
         b.apply(&upd(2, old, new.clone())).unwrap();
-        b.apply(&del(3, Row::new(vec![(1, Value::Int(1))]))).unwrap();
+        b.apply(&del(3, Row::new(vec![(1, Value::Int(1))])))
+            .unwrap();
         let out = b.take_closed();
         assert_eq!(out, vec![v(1, Some(2), row(1, "a")), v(2, Some(3), new)]);
     }
@@ -537,7 +608,10 @@ mod tests {
                 replay.apply(&events[next]).unwrap();
                 next += 1;
             }
-            let visible = versions.iter().filter(|v| v.visible_at(n)).map(|v| v.row.clone());
+            let visible = versions
+                .iter()
+                .filter(|v| v.visible_at(n))
+                .map(|v| v.row.clone());
             let (missing, extra) = multiset_diff(visible, replay.rows().cloned());
             assert!(
                 missing.is_empty() && extra.is_empty(),
@@ -553,7 +627,10 @@ mod tests {
             if e.op != Op::Update || !alone {
                 continue;
             }
-            let ended: Vec<&Version> = versions.iter().filter(|v| v.end_seq == Some(e.seq)).collect();
+            let ended: Vec<&Version> = versions
+                .iter()
+                .filter(|v| v.end_seq == Some(e.seq))
+                .collect();
             let started: Vec<&Version> = versions.iter().filter(|v| v.start_seq == e.seq).collect();
             assert_eq!(ended.len(), 1, "seed {seed:#x} seq {}", e.seq);
             assert_eq!(started.len(), 1, "seed {seed:#x} seq {}", e.seq);
@@ -596,7 +673,13 @@ mod tests {
                     b.apply(e).unwrap();
                     r.apply(e).unwrap();
                 }
-                let open: Vec<Row> = b.clone().finish().into_iter().filter(|v| v.end_seq.is_none()).map(|v| v.row).collect();
+                let open: Vec<Row> = b
+                    .clone()
+                    .finish()
+                    .into_iter()
+                    .filter(|v| v.end_seq.is_none())
+                    .map(|v| v.row)
+                    .collect();
                 let (m, x) = multiset_diff(open, r.rows().cloned());
                 assert!(m.is_empty() && x.is_empty());
             }
