@@ -51,6 +51,13 @@ unsafe fn last_drawn(cat: &Catalog) -> i64 {
 
 /// The newest seq at or below which every seq is settled (see the module comment).
 pub fn settled_seq(cat: &Catalog) -> i64 {
+    settled_upto(cat, i64::MAX)
+}
+
+/// Like `settled_seq`, but waits only for seqs ≤ `upto`: returns the newest settled seq when
+/// that is below `upto`, else `upto` itself once every seq up to it is settled. AS OF an old
+/// seq does not wait for transactions committing newer ones.
+pub fn settled_upto(cat: &Catalog, upto: i64) -> i64 {
     // SAFETY: heavyweight lock calls and catalog-style reads of driftdb's own tables.
     unsafe {
         let share = pg_sys::ShareLock as i32;
@@ -61,13 +68,19 @@ pub fn settled_seq(cat: &Catalog) -> i64 {
             return 0;
         }
         let lo = (last - pg_sys::MaxBackends as i64).max(0);
+        if upto <= lo {
+            return upto; // below the in-flight window: settled
+        }
         let seen = committed_seqs(cat, lo, last);
-        for s in (lo + 1)..=last {
+        for s in (lo + 1)..=last.min(upto) {
             if !seen.contains(&s) {
                 let (objid, subid) = seq_lock_tag(s);
                 pg_sys::LockDatabaseObject(cat.commits, objid, subid, share);
                 pg_sys::UnlockDatabaseObject(cat.commits, objid, subid, share);
             }
+        }
+        if upto < last {
+            return upto;
         }
         let seen = committed_seqs(cat, lo, last);
         match seen.iter().max() {

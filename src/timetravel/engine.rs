@@ -81,8 +81,13 @@ pub fn resolve(cat: &Catalog, p: Point) -> Bound {
             if n <= s {
                 return Bound { seq: n, time: None };
             }
-            let (s, _) = refresh_settled(cat);
-            Bound { seq: n.min(s), time: None }
+            // wait only for seqs ≤ n: a commit in flight with a newer seq does not hold up AS OF n
+            let settled = settle::settled_upto(cat, n);
+            if settled < n {
+                let (s, _) = refresh_settled(cat);
+                return Bound { seq: n.min(s), time: None };
+            }
+            Bound { seq: n, time: None }
         }
         Point::Time(ts) => {
             let (s, t) = if s > 0 && ts < t { (s, t) } else { refresh_settled(cat) };
