@@ -220,7 +220,8 @@ impl RowDecoder {
                     let (mut f, mut ioparam) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
                     pg_sys::getTypeInputInfo(base, &mut f, &mut ioparam);
                     let mut finfo: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
-                    pg_sys::fmgr_info(f, finfo.as_mut());
+                    // the decoder may be cached for the session: keep the function's data there too
+                    pg_sys::fmgr_info_cxt(f, finfo.as_mut(), pg_sys::TopMemoryContext);
                     Some((finfo, ioparam))
                 };
                 ColPlan { attnum: (i + 1) as u16, typid: a.atttypid, base, typmod: a.atttypmod, dropped: a.attisdropped, input }

@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 use super::reader::{self, Marks, TableInfo};
 use crate::error::DriftError;
 use crate::history::catalog::{self, Catalog, Order};
-use crate::history::identity::{self, Identity};
+use crate::history::identity::Identity;
 use crate::history::settle;
 
 /// What the caller asked for.
@@ -169,7 +169,7 @@ impl Source {
     /// `rel` must be an open driftdb relation.
     pub unsafe fn new(cat: Catalog, rel: pg_sys::Relation) -> Source {
         let relid = (*rel).rd_id;
-        Source { cat, relid, info: reader::table_info(&cat, relid), identity: identity::of(rel) }
+        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel) }
     }
 
     fn key_cols(&self) -> Option<Vec<u16>> {

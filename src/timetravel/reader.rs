@@ -46,11 +46,54 @@ thread_local! {
     /// relid → (registration, marks), dropped on the relation's relcache invalidation (which
     /// TRUNCATE, ALTER TABLE and identity changes all send).
     static CACHE: RefCell<HashMap<pg_sys::Oid, (TableInfo, Option<Marks>)>> = RefCell::new(HashMap::new());
+    /// relid → the table's identity now (changes send a relcache invalidation).
+    static IDENTITY: RefCell<HashMap<pg_sys::Oid, crate::history::identity::Identity>> = RefCell::new(HashMap::new());
+    /// relid → a row decoder not in use (taken by a scan, given back when it ends).
+    static DECODERS: RefCell<HashMap<pg_sys::Oid, crate::history::decode::RowDecoder>> = RefCell::new(HashMap::new());
+}
+
+/// The identity of open relation `rel`, cached.
+///
+/// # Safety
+/// `rel` must be a valid open relation.
+pub unsafe fn identity_of(rel: pg_sys::Relation) -> crate::history::identity::Identity {
+    let relid = (*rel).rd_id;
+    if let Some(i) = IDENTITY.with(|c| c.borrow().get(&relid).cloned()) {
+        return i;
+    }
+    let i = crate::history::identity::of(rel);
+    IDENTITY.with(|c| c.borrow_mut().insert(relid, i.clone()));
+    i
+}
+
+/// A decoder for `relid`'s rows: a cached one, or `make()`. Give it back with `put_decoder`.
+pub fn take_decoder(relid: pg_sys::Oid, make: impl FnOnce() -> crate::history::decode::RowDecoder) -> crate::history::decode::RowDecoder {
+    DECODERS.with(|c| c.borrow_mut().remove(&relid)).unwrap_or_else(make)
+}
+
+pub fn put_decoder(relid: pg_sys::Oid, d: crate::history::decode::RowDecoder) {
+    DECODERS.with(|c| c.borrow_mut().insert(relid, d));
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     super::planner::forget(relid);
+    for cache in [&IDENTITY] {
+        cache.with(|c| {
+            if relid == pg_sys::InvalidOid {
+                c.borrow_mut().clear();
+            } else {
+                c.borrow_mut().remove(&relid);
+            }
+        });
+    }
+    DECODERS.with(|c| {
+        if relid == pg_sys::InvalidOid {
+            c.borrow_mut().clear();
+        } else {
+            c.borrow_mut().remove(&relid);
+        }
+    });
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if relid == pg_sys::InvalidOid {

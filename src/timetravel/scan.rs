@@ -184,11 +184,33 @@ unsafe extern "C-unwind" fn plan_path(
         private = pg_sys::lappend(private, p.get_ptr(3 + i).unwrap() as *mut _);
         exprs = pg_sys::lappend(exprs, p.get_ptr(3 + nkeys + i).unwrap() as *mut _);
     }
+    if mode == MODE_VERSIONS {
+        // the engine returns only the versions of the pushed-down key (it compares the key
+        // itself when it has to replay), so the key's equality quals need no recheck
+        let pushed: Vec<*mut pg_sys::Node> = (0..nkeys).map(|i| p.get_ptr(3 + nkeys + i).unwrap()).collect();
+        let quals = pgrx::PgList::<pg_sys::Node>::from_pg((*cs).scan.plan.qual);
+        let mut kept = std::ptr::null_mut();
+        for q in quals.iter_ptr() {
+            if !is_pushed_key_qual(q, &pushed) {
+                kept = pg_sys::lappend(kept, q as *mut _);
+            }
+        }
+        (*cs).scan.plan.qual = kept;
+    }
     (*cs).custom_private = private;
     (*cs).custom_exprs = exprs;
     (*cs).flags = 0;
     (*cs).methods = std::ptr::addr_of!(SCAN_METHODS);
     cs as *mut pg_sys::Plan
+}
+
+/// `<col ref> = <expr>` (either order) whose value side is one of the pushed-down key expressions.
+unsafe fn is_pushed_key_qual(q: *mut pg_sys::Node, pushed: &[*mut pg_sys::Node]) -> bool {
+    if (*q).type_ != pg_sys::NodeTag::T_OpExpr {
+        return false;
+    }
+    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*(q as *mut pg_sys::OpExpr)).args);
+    args.len() == 2 && args.iter_ptr().any(|a| pushed.contains(&a))
 }
 
 /// Per-execution state, owned by the node (freed in `end`).
@@ -258,8 +280,10 @@ unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_co
     let src = Source::new(cat, rel);
     let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
     let marks = src.marks(settled);
-    st.decoder = Some(srf::decoder_for(rel, &marks));
-    st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+    if st.decoder.is_none() {
+        st.decoder = Some(srf::decoder_for(rel, &marks));
+        st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+    }
     let desc = (*rel).rd_att;
     let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
     let mut key = Vec::new();
@@ -299,7 +323,9 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
         src.check_start(engine::bound_seq(&cat, bound), &name);
     }
     let marks = src.marks(bound.seq);
-    st.decoder = Some(srf::decoder_for(rel, &marks));
+    if st.decoder.is_none() {
+        st.decoder = Some(srf::decoder_for(rel, &marks));
+    }
     if !st.attnums.is_empty() && src.keyed() {
         let desc = (*rel).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
@@ -396,7 +422,12 @@ unsafe extern "C-unwind" fn exec(node: *mut pg_sys::CustomScanState) -> *mut pg_
 unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
     let s = node as *mut HistoryScanState;
     if !(*s).inner.is_null() {
-        drop(Box::from_raw((*s).inner));
+        let mut inner = Box::from_raw((*s).inner);
+        let relid = if inner.mode == MODE_VERSIONS { inner.relid } else { (*(*node).ss.ss_currentRelation).rd_id };
+        if let Some(d) = inner.decoder.take() {
+            super::reader::put_decoder(relid, d);
+        }
+        drop(inner);
         (*s).inner = std::ptr::null_mut();
     }
 }

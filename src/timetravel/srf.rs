@@ -78,11 +78,14 @@ pub unsafe fn open_driftdb(relid: pg_sys::Oid) -> pg_sys::Relation {
 }
 
 /// The value columns added later read as in older row images.
+/// A decoder for `rel`'s rows (cached per table; give it back with `reader::put_decoder`).
 pub unsafe fn decoder_for(rel: pg_sys::Relation, marks: &super::reader::Marks) -> RowDecoder {
     let desc = (*rel).rd_att;
-    RowDecoder::new(desc, &|attnum| match marks.missing.get(&attnum) {
-        Some(v) => v.clone(),
-        None => crate::history::codec::missing_value(desc, attnum),
+    super::reader::take_decoder((*rel).rd_id, || {
+        RowDecoder::new(desc, &|attnum| match marks.missing.get(&attnum) {
+            Some(v) => v.clone(),
+            None => crate::history::codec::missing_value(desc, attnum),
+        })
     })
 }
 
@@ -129,6 +132,7 @@ unsafe fn as_of(fcinfo: pg_sys::FunctionCallInfo, point: Point) -> pg_sys::Datum
         });
         tmp.reset();
     }
+    super::reader::put_decoder(relid, dec);
     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     pg_sys::Datum::from(0usize)
 }
@@ -213,6 +217,7 @@ pub unsafe extern "C-unwind" fn driftdb_versions(fcinfo: pg_sys::FunctionCallInf
         tmp.switch_to(|_| put_version(store, out, &mut dec, desc, &v));
         tmp.reset();
     });
+    super::reader::put_decoder(relid, dec);
     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     pg_sys::Datum::from(0usize)
 }
@@ -257,6 +262,7 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
         });
         tmp.reset();
     });
+    super::reader::put_decoder(relid, dec);
     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     pg_sys::Datum::from(0usize)
 }
