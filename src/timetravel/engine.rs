@@ -153,6 +153,21 @@ pub fn bound_seq(cat: &Catalog, b: Bound) -> i64 {
     }
 }
 
+/// A table's rows at a seq: decoded, or still the stored blocks of a snapshot.
+pub enum Rows {
+    Decoded(Vec<Row>),
+    Blocks { seq: i64, blocks: Vec<Vec<u8>> },
+}
+
+impl Rows {
+    pub fn into_vec(self) -> Vec<Row> {
+        match self {
+            Rows::Decoded(v) => v,
+            Rows::Blocks { seq, blocks } => blocks.iter().flat_map(|b| reader::decode_block(b, seq)).collect(),
+        }
+    }
+}
+
 /// A driftdb table being read historically.
 pub struct Source {
     pub cat: Catalog,
@@ -202,30 +217,35 @@ impl Source {
     }
 
     /// The whole table at `seq` (a settled seq): the newest snapshot at or below it, plus the
-    /// events after the snapshot (when there are none, the snapshot's rows as they are).
-    /// Also returns how many events were replayed after the snapshot.
-    pub fn rows_at(&self, seq: i64) -> (Vec<Row>, usize) {
-        let Some(info) = &self.info else { return (Vec::new(), 0) };
+    /// events after the snapshot. When no event follows the snapshot, its stored blocks are
+    /// returned undecoded (`Rows::Blocks`), so that a scan decodes one block at a time instead
+    /// of holding the whole table in memory. Also returns how many events were replayed.
+    pub fn state_at(&self, seq: i64) -> (Rows, usize) {
+        let Some(info) = &self.info else { return (Rows::Decoded(Vec::new()), 0) };
         let snap = reader::latest_snapshot(&self.cat, info.table_id, seq);
-        let mut rows = Vec::new();
-        if let Some(s) = snap {
-            reader::snapshot_rows(&self.cat, info.table_id, s, |b| rows.extend(b));
-        }
+        let blocks = snap.map(|s| reader::snapshot_blocks(&self.cat, info.table_id, s)).unwrap_or_default();
         let mut events = Vec::new();
         reader::events_between(&self.cat, info.table_id, snap.unwrap_or(0), seq, |e| {
             events.push(e);
             true
         });
         if events.is_empty() {
-            return (rows, 0);
+            return (Rows::Blocks { seq: snap.unwrap_or(0), blocks }, 0);
         }
+        let rows = blocks.iter().flat_map(|b| reader::decode_block(b, snap.unwrap_or(0)));
         let mut state = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
         for e in &events {
             if let Err(err) = state.apply(e) {
                 reader::corrupted(format!("replaying history: {err}"));
             }
         }
-        (state.into_rows().collect(), events.len())
+        (Rows::Decoded(state.into_rows().collect()), events.len())
+    }
+
+    /// `state_at`, decoded.
+    pub fn rows_at(&self, seq: i64) -> (Vec<Row>, usize) {
+        let (rows, n) = self.state_at(seq);
+        (rows.into_vec(), n)
     }
 
     /// Can one key's row at a bound be read from the key index? Only while the events' keys

@@ -293,12 +293,19 @@ pub fn latest_snapshot(cat: &Catalog, table_id: i32, hi: i64) -> Option<i64> {
     found
 }
 
-/// The rows of snapshot (table_id, seq), block by block.
-pub fn snapshot_rows(cat: &Catalog, table_id: i32, seq: i64, mut f: impl FnMut(Vec<Row>)) {
+/// Decode one stored snapshot block.
+pub fn decode_block(bytes: &[u8], seq: i64) -> Vec<Row> {
+    driftdb_core::decode_snapshot_block(bytes).unwrap_or_else(|e| corrupted(format!("snapshot block of seq {seq}: {e}")))
+}
+
+/// The stored (compressed) blocks of snapshot (table_id, seq), in order — for readers that
+/// decode one block at a time.
+pub fn snapshot_blocks(cat: &Catalog, table_id: i32, seq: i64) -> Vec<Vec<u8>> {
     let keys = [
         (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
         (2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq)),
     ];
+    let mut out = Vec::new();
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb snapshot read");
     // SAFETY: catalog-style read of driftdb.snapshots (column 5 = data).
     unsafe {
@@ -306,15 +313,13 @@ pub fn snapshot_rows(cat: &Catalog, table_id: i32, seq: i64, mut f: impl FnMut(V
             tmp.switch_to(|_| {
                 let d = catalog::attr(tup, rel, 5).unwrap_or_else(|| corrupted(format!("snapshot {seq}: NULL block")));
                 let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                let bytes = std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v));
-                let rows = driftdb_core::decode_snapshot_block(bytes)
-                    .unwrap_or_else(|e| corrupted(format!("snapshot block of seq {seq}: {e}")));
-                f(rows);
+                out.push(std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v)).to_vec());
             });
             tmp.reset();
             true
         });
     }
+    out
 }
 
 /// Who committed each seq (`driftdb.commits.committed_by`), memoised per call site.

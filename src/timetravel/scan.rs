@@ -222,6 +222,9 @@ struct Inner {
     /// ExprStates of custom_exprs
     exprs: Vec<*mut pg_sys::ExprState>,
     rows: Option<std::vec::IntoIter<Row>>,
+    /// snapshot blocks still to decode (when the state is a snapshot as stored)
+    blocks: std::collections::VecDeque<Vec<u8>>,
+    blocks_seq: i64,
     versions: Option<std::vec::IntoIter<driftdb_core::Version>>,
     /// the table's descriptor (versions mode: for the data column)
     desc: pg_sys::TupleDesc,
@@ -246,7 +249,7 @@ unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut
     let first = if mode == MODE_VERSIONS { 2 } else { 1 };
     let relid = if mode == MODE_VERSIONS { pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32) } else { pg_sys::InvalidOid };
     let attnums = (first..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
-    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
+    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, blocks: Default::default(), blocks_seq: 0, versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
     s as *mut pg_sys::Node
 }
 
@@ -344,10 +347,19 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
         return src.row_for_key(&key, bound, &marks).into_iter().collect();
     }
     let seq = engine::bound_seq(&cat, bound);
-    let (rows, replayed) = src.rows_at(seq);
-    super::snapshot::maybe_store(&cat, &src, seq, &rows, replayed);
-    st.did = Some(format!("state at seq {seq}: {replayed} events replayed"));
-    rows
+    match src.state_at(seq) {
+        (engine::Rows::Blocks { seq: snap, blocks }, _) => {
+            st.did = Some(format!("state at seq {seq}: snapshot of seq {snap}, {} blocks, no events to replay", blocks.len()));
+            st.blocks = blocks.into_iter().collect();
+            st.blocks_seq = snap;
+            Vec::new()
+        }
+        (engine::Rows::Decoded(rows), replayed) => {
+            super::snapshot::maybe_store(&cat, &src, seq, &rows, replayed);
+            st.did = Some(format!("state at seq {seq}: {replayed} events replayed"));
+            rows
+        }
+    }
 }
 
 fn srf_null(mode: i32) -> ! {
@@ -371,7 +383,14 @@ unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::T
     let slot = (*ss).ss_ScanTupleSlot;
     pg_sys::ExecClearTuple(slot);
     let st = inner(node);
-    let Some(row) = st.rows.as_mut().unwrap().next() else { return slot };
+    let row = loop {
+        if let Some(r) = st.rows.as_mut().unwrap().next() {
+            break r;
+        }
+        // the next snapshot block, decoded only now
+        let Some(b) = st.blocks.pop_front() else { return slot };
+        st.rows = Some(super::reader::decode_block(&b, st.blocks_seq).into_iter());
+    };
     let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
     let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
     let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, natts);
@@ -435,6 +454,7 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
 #[pg_guard]
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     inner(node).rows = None;
+    inner(node).blocks.clear();
     inner(node).versions = None;
 }
 
