@@ -570,6 +570,28 @@ pub(crate) fn image_key(key_cols: Option<&[u16]>, row: &Row) -> Vec<u8> {
     rmp_serde::to_vec(&Key(key_cols, row)).expect("key serialization is infallible")
 }
 
+/// After a schema change, give a row the table's new column set: columns added since read as
+/// their recorded "missing" value, or NULL; dropped columns go. Later images carry exactly
+/// these columns, so a whole-row identity (REPLICA IDENTITY FULL, or none) computed from a
+/// normalized stored row matches the old image of the row's next update or delete.
+pub fn normalize_for_schema(row: &mut Row, change: &crate::event::SchemaChange) {
+    let mut changed = false;
+    for c in &change.columns {
+        if c.dropped {
+            if let Some(i) = row.0.iter().position(|(a, _)| *a == c.attnum) {
+                row.0.remove(i);
+                changed = true;
+            }
+        } else if row.get(c.attnum).is_none() {
+            row.0.push((c.attnum, c.missing.clone().unwrap_or(Value::Null)));
+            changed = true;
+        }
+    }
+    if changed {
+        row.0.sort_by_key(|c| c.0);
+    }
+}
+
 /// Replay by row images under a caller-chosen identity.
 ///
 /// The doctor replays a table's whole history and compares it with the live rows. The key
@@ -669,8 +691,18 @@ impl ImageReplay {
             }
             Op::Schema => {
                 if let Some(change) = &e.schema {
-                    for row in self.rows.values_mut().flatten() {
-                        fill_missing(row, change);
+                    if self.key_cols.is_some() {
+                        for row in self.rows.values_mut().flatten() {
+                            fill_missing(row, change);
+                        }
+                    } else {
+                        // whole-row keys change with the row's columns: re-key every row
+                        let rows: Vec<Row> = std::mem::take(&mut self.rows).into_values().flatten().collect();
+                        self.len = 0;
+                        for mut row in rows {
+                            normalize_for_schema(&mut row, change);
+                            self.add(row);
+                        }
                     }
                 }
             }
@@ -818,5 +850,45 @@ mod image_replay_tests {
             s.apply(&ev(0, Op::Insert, None, Some(row(6, "early")))),
             Err(ReplayError::OutOfOrder { seq: 0, prev: 1 })
         ));
+    }
+}
+
+#[cfg(test)]
+mod schema_change_tests {
+    use super::*;
+    use crate::event::{ColumnDef, Event, Op, SchemaChange};
+    use crate::versions::VersionBuilder;
+
+    fn col(attnum: u16, dropped: bool, missing: Option<Value>) -> ColumnDef {
+        ColumnDef { attnum, name: format!("c{attnum}"), type_name: "int".into(), typmod: -1, dropped, missing }
+    }
+
+    /// Whole-row identity across ADD COLUMN (no default) and DROP COLUMN: the next update's old
+    /// image carries the new column set, and must still find its row.
+    #[test]
+    fn whole_row_identity_survives_add_and_drop_column() {
+        let mut ins = Event::new(1, 0, 1, Op::Insert);
+        ins.new = Some(Row::new(vec![(1, Value::Int(1)), (2, Value::Text("x".into()))]));
+        let mut add = Event::new(2, 0, 1, Op::Schema);
+        add.schema = Some(SchemaChange { description: "add".into(), columns: vec![col(1, false, None), col(2, false, None), col(3, false, None)] });
+        let mut upd = Event::new(3, 0, 1, Op::Update);
+        upd.old = Some(Row::new(vec![(1, Value::Int(1)), (2, Value::Text("x".into())), (3, Value::Null)]));
+        upd.new = Some(Row::new(vec![(1, Value::Int(1)), (2, Value::Text("z".into())), (3, Value::Null)]));
+        let mut drop = Event::new(4, 0, 1, Op::Schema);
+        drop.schema = Some(SchemaChange { description: "drop".into(), columns: vec![col(1, false, None), col(2, true, None), col(3, false, None)] });
+        let mut del = Event::new(5, 0, 1, Op::Delete);
+        del.old = Some(Row::new(vec![(1, Value::Int(1)), (3, Value::Null)]));
+        let events = [ins, add, upd, drop, del];
+
+        let mut s = ImageReplay::new(None);
+        let mut v = VersionBuilder::new(None);
+        for e in &events {
+            s.apply(e).unwrap_or_else(|err| panic!("ImageReplay at seq {}: {err}", e.seq));
+            v.apply(e).unwrap_or_else(|err| panic!("VersionBuilder at seq {}: {err}", e.seq));
+        }
+        assert!(s.is_empty());
+        let mut all = v.take_closed();
+        all.extend(v.finish());
+        assert_eq!(all.iter().map(|x| (x.start_seq, x.end_seq)).collect::<Vec<_>>(), vec![(1, Some(3)), (3, Some(5))]);
     }
 }

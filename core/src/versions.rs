@@ -174,7 +174,21 @@ impl VersionBuilder {
                     self.push_closed(prev, seq, at);
                 }
             }
-            Op::Schema => {}
+            Op::Schema => {
+                // whole-row keys change with the row's columns: re-key the open versions (their
+                // rows keep the image they were written with; only the key is normalized)
+                if let (None, Some(change)) = (&self.key_cols, &e.schema) {
+                    let open = std::mem::take(&mut self.open);
+                    for (_, bucket) in open {
+                        for o in bucket {
+                            let mut probe = o.row.clone();
+                            crate::replay::normalize_for_schema(&mut probe, change);
+                            let k = image_key(None, &probe);
+                            self.open.entry(k).or_default().push(Open { row: probe, ..o });
+                        }
+                    }
+                }
+            }
         }
         self.last_seq = Some(seq);
         Ok(())
