@@ -45,6 +45,10 @@ thread_local! {
     /// The newest settled seq this backend has seen, and its commit time. Settled never goes
     /// back, so a point at or below it needs no waiting and no lookup.
     static SETTLED: Cell<(i64, i64)> = const { Cell::new((0, i64::MIN)) };
+    /// A seq up to which every seq is known settled (not necessarily a committed one).
+    static SETTLED_UPTO: Cell<i64> = const { Cell::new(0) };
+    /// driftdb.commits' OID the two caches above belong to.
+    static CACHE_FOR: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
 fn commit_time(cat: &Catalog, seq: i64) -> i64 {
@@ -70,6 +74,11 @@ fn refresh_settled(cat: &Catalog) -> (i64, i64) {
 /// Resolve a point to a settled bound (waiting only when the point is at or beyond the newest
 /// settled seq this backend knows of).
 pub fn resolve(cat: &Catalog, p: Point) -> Bound {
+    // the caches hold seqs of one incarnation of the extension (a re-created one restarts seqs)
+    if CACHE_FOR.with(|c| c.replace(cat.commits)) != cat.commits {
+        SETTLED.with(|c| c.set((0, i64::MIN)));
+        SETTLED_UPTO.with(|c| c.set(0));
+    }
     let (s, t) = SETTLED.with(|c| c.get());
     match p {
         Point::Seq(n) => {
@@ -78,7 +87,7 @@ pub fn resolve(cat: &Catalog, p: Point) -> Bound {
                     .hint("Commit seqs start at 1; seq 0 is the state before any recorded change.")
                     .raise();
             }
-            if n <= s {
+            if n <= s || n <= SETTLED_UPTO.with(|c| c.get()) {
                 return Bound { seq: n, time: None };
             }
             // wait only for seqs ≤ n: a commit in flight with a newer seq does not hold up AS OF n
@@ -87,6 +96,7 @@ pub fn resolve(cat: &Catalog, p: Point) -> Bound {
                 let (s, _) = refresh_settled(cat);
                 return Bound { seq: n.min(s), time: None };
             }
+            SETTLED_UPTO.with(|c| c.set(c.get().max(n)));
             Bound { seq: n, time: None }
         }
         Point::Time(ts) => {
