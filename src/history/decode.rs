@@ -192,6 +192,8 @@ struct ColPlan {
     dropped: bool,
     /// input function of the base type (numeric and text-form types)
     input: Option<(Box<pg_sys::FmgrInfo>, pg_sys::Oid)>,
+    /// scratch for NUL-terminated text forms
+    buf: Vec<u8>,
 }
 
 /// Per-column decoding plan for one relation descriptor: type, typmod, and the value a column
@@ -224,7 +226,7 @@ impl RowDecoder {
                     pg_sys::fmgr_info_cxt(f, finfo.as_mut(), pg_sys::TopMemoryContext);
                     Some((finfo, ioparam))
                 };
-                ColPlan { attnum: (i + 1) as u16, typid: a.atttypid, base, typmod: a.atttypmod, dropped: a.attisdropped, input }
+                ColPlan { attnum: (i + 1) as u16, typid: a.atttypid, base, typmod: a.atttypmod, dropped: a.attisdropped, input, buf: Vec::new() }
             })
             .collect();
         let missing = cols.iter().map(|c| if c.dropped { Value::Null } else { missing(c.attnum) }).collect();
@@ -242,8 +244,16 @@ impl RowDecoder {
             (pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID, Value::Text(s)) => Some(text_datum(s)),
             (pg_sys::NUMERICOID, Value::Numeric(s)) | (_, Value::Other(s)) if c.input.is_some() => {
                 let (finfo, ioparam) = c.input.as_mut().unwrap();
-                let cs = cstring_in_server(s);
-                Some(pg_sys::InputFunctionCall(finfo.as_mut(), cs.as_ptr() as *mut _, *ioparam, c.typmod))
+                if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 && !s.contains('\0') {
+                    // the text form, NUL-terminated in a buffer reused for every value
+                    c.buf.clear();
+                    c.buf.extend_from_slice(s.as_bytes());
+                    c.buf.push(0);
+                    Some(pg_sys::InputFunctionCall(finfo.as_mut(), c.buf.as_mut_ptr() as *mut _, *ioparam, c.typmod))
+                } else {
+                    let cs = cstring_in_server(s);
+                    Some(pg_sys::InputFunctionCall(finfo.as_mut(), cs.as_ptr() as *mut _, *ioparam, c.typmod))
+                }
             }
             _ => value_to_datum(v, c.typid, c.typmod),
         }
