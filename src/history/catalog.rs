@@ -41,8 +41,8 @@ fn relid(nsp: pg_sys::Oid, name: &str) -> pg_sys::Oid {
 
 impl Catalog {
     /// Look the objects up; None if the extension is not installed in this database.
-    /// Cached per backend by the OID of schema `driftdb` (a dropped and re-created extension
-    /// has a new schema OID, and every object in it new OIDs).
+    /// Cached per backend, checked against the schema's and `driftdb.events`' current OIDs (a
+    /// dropped and re-created extension gives every object a new OID).
     pub fn get() -> Option<Catalog> {
         // SAFETY: syscache lookup with a valid C string.
         let nsp = unsafe { pg_sys::get_namespace_oid(c"driftdb".as_ptr(), true) };
@@ -50,7 +50,9 @@ impl Catalog {
             return None;
         }
         if let Some((n, c)) = CACHED.with(|c| c.get()) {
-            if n == nsp {
+            // the schema survives DROP EXTENSION (it is not an extension member in PG 15):
+            // check that the objects are still the cached ones
+            if n == nsp && relid(nsp, "events") == c.events {
                 return Some(c);
             }
         }

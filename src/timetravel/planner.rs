@@ -81,8 +81,10 @@ pub fn funcs() -> Option<Funcs> {
         if nsp == pg_sys::InvalidOid {
             return None;
         }
+        // keyed by driftdb.events' OID: the schema outlives DROP EXTENSION, the functions do not
+        let key = crate::history::catalog::Catalog::get()?.events;
         if let Some((n, f)) = FUNCS.with(|c| *c.borrow()) {
-            if n == nsp {
+            if n == key {
                 return Some(f);
             }
         }
@@ -96,7 +98,7 @@ pub fn funcs() -> Option<Funcs> {
         if [f.as_of_seq, f.as_of_time, f.versions, f.tsm_seq, f.tsm_time].contains(&pg_sys::InvalidOid) {
             return None; // mid CREATE EXTENSION
         }
-        FUNCS.with(|c| *c.borrow_mut() = Some((nsp, f)));
+        FUNCS.with(|c| *c.borrow_mut() = Some((key, f)));
         Some(f)
     }
 }

@@ -55,6 +55,11 @@ def test_drop_extension(conn):
     conn.execute("CREATE TABLE t2 (id int) USING driftdb")
     conn.execute("INSERT INTO t2 VALUES (1)")
     assert conn.execute("SELECT * FROM t2").fetchall() == [(1,)]
+    # the same session reads the new extension's history, planned by the history scan (no
+    # stale OIDs of the dropped extension's objects)
+    assert conn.execute("SELECT * FROM driftdb.as_of(NULL::t2, driftdb.current_seq())").fetchall() == [(1,)]
+    plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT * FROM driftdb.as_of(NULL::t2, 1::bigint)"))
+    assert "DriftDB History Scan" in plan, plan
 
 
 def test_drop_extension_cascade_drops_tables(conn):
