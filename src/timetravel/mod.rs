@@ -13,6 +13,18 @@
 //!    key's newest event at or below it through `driftdb.events`' key index; a full read
 //!    starts from the newest snapshot ([`snapshot`]) at or below it and replays the rest.
 //!    [`reader`] does the index scans; `history::decode` turns row images into tuples.
+/// `PG_FUNCTION_INFO_V1(name)`: the info record PostgreSQL looks up for a C function that is
+/// declared `LANGUAGE c` in hand-written SQL (functions whose signature pgrx cannot express).
+macro_rules! pg_function_info_v1 {
+    ($info:ident) => {
+        #[no_mangle]
+        pub extern "C" fn $info() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            const V1: pgrx::pg_sys::Pg_finfo_record = pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 pub mod engine;
 pub mod guc;
 pub mod planner;

@@ -501,11 +501,7 @@ unsafe extern "C-unwind" fn tsm_next(_node: *mut pg_sys::SampleScanState, _block
     not_here()
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_tsm_seq() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+pg_function_info_v1!(pg_finfo_driftdb_tsm_seq);
 
 #[no_mangle]
 #[pg_guard]
@@ -513,11 +509,7 @@ pub unsafe extern "C-unwind" fn driftdb_tsm_seq(_fcinfo: pg_sys::FunctionCallInf
     tsm_routine(pg_sys::INT8OID)
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_tsm_time() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+pg_function_info_v1!(pg_finfo_driftdb_tsm_time);
 
 #[no_mangle]
 #[pg_guard]

@@ -71,8 +71,9 @@ unsafe fn const_int(n: *mut pg_sys::Node) -> i32 {
     (*(n as *mut pg_sys::Const)).constvalue.value() as i32
 }
 
-/// Add the history scan path to a historical table reference (its only path).
-pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, source: PointSource, key: Option<Vec<(u16, *mut pg_sys::Node)>>) {
+/// A history scan path of `rel` (not parallel: it reads backend-local caches and may store a
+/// snapshot); the caller sets rows and costs.
+unsafe fn new_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> *mut pg_sys::CustomPath {
     let cp = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
     (*cp).path.type_ = pg_sys::NodeTag::T_CustomPath;
     (*cp).path.pathtype = pg_sys::NodeTag::T_CustomScan;
@@ -82,6 +83,27 @@ pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptI
     (*cp).path.parallel_aware = false;
     (*cp).path.parallel_safe = false;
     (*cp).path.parallel_workers = 0;
+    cp
+}
+
+/// Append the pushed-down key to the path's private list ([.., nkeys, attnums.., exprs..]) and
+/// add the path.
+unsafe fn finish_path(rel: *mut pg_sys::RelOptInfo, cp: *mut pg_sys::CustomPath, mut private: *mut pg_sys::List, key: &[(u16, *mut pg_sys::Node)]) {
+    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
+    for (a, _) in key {
+        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
+    }
+    for (_, e) in key {
+        private = pg_sys::lappend(private, *e as *mut _);
+    }
+    (*cp).custom_private = private;
+    (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
+    pg_sys::add_path(rel, cp as *mut pg_sys::Path);
+}
+
+/// Add the history scan path to a historical table reference (its only path).
+pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, source: PointSource, key: Option<Vec<(u16, *mut pg_sys::Node)>>) {
+    let cp = new_path(root, rel);
     let (mode, point) = match source {
         PointSource::Session => (MODE_SESSION, null_const()),
         PointSource::Marker(e, true) => (MODE_SEQ, e),
@@ -102,42 +124,18 @@ pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptI
     }
     let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
     private = pg_sys::lappend(private, point as *mut _);
-    let key = key.unwrap_or_default();
-    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
-    for (a, _) in &key {
-        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
-    }
-    for (_, e) in &key {
-        private = pg_sys::lappend(private, *e as *mut _);
-    }
-    (*cp).custom_private = private;
-    (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
-    pg_sys::add_path(rel, cp as *mut pg_sys::Path);
+    finish_path(rel, cp, private, &key.unwrap_or_default());
 }
 
 /// The versions-of-one-key path of a `driftdb.versions(NULL::t)` reference.
 pub unsafe fn add_versions_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid, key: Vec<(u16, *mut pg_sys::Node)>) {
-    let cp = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
-    (*cp).path.type_ = pg_sys::NodeTag::T_CustomPath;
-    (*cp).path.pathtype = pg_sys::NodeTag::T_CustomScan;
-    (*cp).path.parent = rel;
-    (*cp).path.pathtarget = (*rel).reltarget;
-    (*cp).path.param_info = pg_sys::get_baserel_parampathinfo(root, rel, (*rel).lateral_relids);
+    let cp = new_path(root, rel);
     (*cp).path.rows = 10.0;
     (*cp).path.startup_cost = 0.0;
     (*cp).path.total_cost = 10.0;
     let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(MODE_VERSIONS) as *mut _);
     private = pg_sys::lappend(private, int_const(relid.to_u32() as i32) as *mut _);
-    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
-    for (a, _) in &key {
-        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
-    }
-    for (_, e) in &key {
-        private = pg_sys::lappend(private, *e as *mut _);
-    }
-    (*cp).custom_private = private;
-    (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
-    pg_sys::add_path(rel, cp as *mut pg_sys::Path);
+    finish_path(rel, cp, private, &key);
 }
 
 /// The scan tuple of versions(): (system_time_start, system_time_end, seq_start, seq_end, data).

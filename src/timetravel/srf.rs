@@ -137,11 +137,7 @@ unsafe fn as_of(fcinfo: pg_sys::FunctionCallInfo, point: Point) -> pg_sys::Datum
     pg_sys::Datum::from(0usize)
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_as_of_seq() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+pg_function_info_v1!(pg_finfo_driftdb_as_of_seq);
 
 /// `driftdb.as_of(anyelement, bigint)`
 #[no_mangle]
@@ -153,11 +149,7 @@ pub unsafe extern "C-unwind" fn driftdb_as_of_seq(fcinfo: pg_sys::FunctionCallIn
     as_of(fcinfo, Point::Seq(arg(fcinfo, 1).value() as i64))
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_as_of_time() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+pg_function_info_v1!(pg_finfo_driftdb_as_of_time);
 
 /// `driftdb.as_of(anyelement, timestamptz)`
 #[no_mangle]
@@ -179,11 +171,7 @@ fn ts_datum(t: Option<i64>) -> pg_sys::Datum {
     pg_sys::Datum::from(t.unwrap_or(i64::MAX)) // i64::MAX is 'infinity'
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_versions() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
-}
+pg_function_info_v1!(pg_finfo_driftdb_versions);
 
 /// Emit versions into a tuplestore of (system_time_start, system_time_end, seq_start, seq_end, data).
 pub unsafe fn put_version(store: *mut pg_sys::Tuplestorestate, out: pg_sys::TupleDesc, dec: &mut RowDecoder, desc: pg_sys::TupleDesc, v: &driftdb_core::Version) {
@@ -202,49 +190,64 @@ pub unsafe fn put_version(store: *mut pg_sys::Tuplestorestate, out: pg_sys::Tupl
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn driftdb_versions(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let relid = table_of_arg(fcinfo, 0, "versions");
-    let rel = open_driftdb(relid);
-    check_read(relid, "versions");
-    let cat = Catalog::require();
-    let src = Source::new(cat, rel);
-    let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
-    let marks = src.marks(settled);
-    let mut dec = decoder_for(rel, &marks);
+    let mut call = WholeHistoryCall::open(fcinfo, "versions");
     let (store, out) = materialize(fcinfo);
-    let desc = (*rel).rd_att;
+    let desc = (*call.rel).rd_att;
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb versions");
-    src.versions(None, settled, &marks, |v| {
-        tmp.switch_to(|_| put_version(store, out, &mut dec, desc, &v));
+    let dec = &mut call.dec;
+    call.src.versions(None, call.settled, &call.marks, |v| {
+        tmp.switch_to(|_| put_version(store, out, dec, desc, &v));
         tmp.reset();
     });
-    super::reader::put_decoder(relid, dec);
-    pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-    pg_sys::Datum::from(0usize)
+    call.close()
 }
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_driftdb_changes() -> &'static pg_sys::Pg_finfo_record {
-    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-    &V1
+/// What `versions` and `changes` share: the table of the first argument, opened and checked,
+/// its history source up to the newest settled seq, and a row decoder.
+struct WholeHistoryCall {
+    relid: pg_sys::Oid,
+    rel: pg_sys::Relation,
+    cat: Catalog,
+    src: Source,
+    settled: i64,
+    marks: super::reader::Marks,
+    dec: RowDecoder,
 }
+
+impl WholeHistoryCall {
+    unsafe fn open(fcinfo: pg_sys::FunctionCallInfo, fname: &str) -> WholeHistoryCall {
+        let relid = table_of_arg(fcinfo, 0, fname);
+        let rel = open_driftdb(relid);
+        check_read(relid, fname);
+        let cat = Catalog::require();
+        let src = Source::new(cat, rel);
+        let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
+        let marks = src.marks(settled);
+        let dec = decoder_for(rel, &marks);
+        WholeHistoryCall { relid, rel, cat, src, settled, marks, dec }
+    }
+
+    /// Give the decoder back, close the table (its lock stays until the transaction ends).
+    unsafe fn close(self) -> pg_sys::Datum {
+        super::reader::put_decoder(self.relid, self.dec);
+        pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+pg_function_info_v1!(pg_finfo_driftdb_changes);
 
 /// `driftdb.changes(anyelement)`
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let relid = table_of_arg(fcinfo, 0, "changes");
-    let rel = open_driftdb(relid);
-    check_read(relid, "changes");
-    let cat = Catalog::require();
-    let src = Source::new(cat, rel);
-    let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
-    let marks = src.marks(settled);
-    let mut dec = decoder_for(rel, &marks);
+    let mut call = WholeHistoryCall::open(fcinfo, "changes");
     let (store, out) = materialize(fcinfo);
-    let desc = (*rel).rd_att;
-    let mut who = super::reader::CommitterCache::new(&cat);
+    let desc = (*call.rel).rd_att;
+    let mut who = super::reader::CommitterCache::new(&call.cat);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb changes");
-    src.changes(settled, |seq, at, op, old, new| {
+    let dec = &mut call.dec;
+    call.src.changes(call.settled, |seq, at, op, old, new| {
         let by = who.get(seq);
         tmp.switch_to(|_| {
             let mut values = [
@@ -252,8 +255,8 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
                 pg_sys::Datum::from(at),
                 by.as_str().into_datum().unwrap(),
                 op.as_str().into_datum().unwrap(),
-                old.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&mut dec, desc, r)),
-                new.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(&mut dec, desc, r)),
+                old.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(dec, desc, r)),
+                new.as_ref().map_or(pg_sys::Datum::from(0usize), |r| row_datum(dec, desc, r)),
             ];
             let keep_old = matches!(op, Op::Update | Op::Delete);
             let keep_new = matches!(op, Op::Update | Op::Insert);
@@ -262,9 +265,8 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
         });
         tmp.reset();
     });
-    super::reader::put_decoder(relid, dec);
-    pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-    pg_sys::Datum::from(0usize)
+    drop(who);
+    call.close()
 }
 
 extension_sql!(
