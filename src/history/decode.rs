@@ -73,8 +73,12 @@ pub unsafe fn value_to_datum(v: &Value, typid: pg_sys::Oid, typmod: i32) -> Opti
     if matches!(v, Value::Null) {
         return None;
     }
-    let base = pg_sys::getBaseType(typid);
-    let d = match (base, v) {
+    Some(with_base(v, typid, pg_sys::getBaseType(typid), typmod))
+}
+
+/// `value_to_datum` of a non-NULL value, the base type (of a domain) already known.
+unsafe fn with_base(v: &Value, typid: pg_sys::Oid, base: pg_sys::Oid, typmod: i32) -> pg_sys::Datum {
+    match (base, v) {
         (pg_sys::BOOLOID, Value::Bool(b)) => pg_sys::Datum::from(*b),
         (pg_sys::INT2OID, Value::Int(i)) => pg_sys::Datum::from(*i as i16),
         (pg_sys::INT4OID, Value::Int(i)) => pg_sys::Datum::from(*i as i32),
@@ -109,8 +113,7 @@ pub unsafe fn value_to_datum(v: &Value, typid: pg_sys::Oid, typmod: i32) -> Opti
         (_, Value::Record(fields)) => record_datum(base, fields),
         (_, Value::Other(s)) => via_input(s, base, typmod),
         _ => mismatch(typid, v),
-    };
-    Some(d)
+    }
 }
 
 unsafe fn array_datum(arrtype: pg_sys::Oid, _typmod: i32, lower: &[i32], dims: &[i32], elems: &[Value]) -> pg_sys::Datum {
@@ -233,15 +236,11 @@ impl RowDecoder {
         RowDecoder { cols, missing }
     }
 
-    /// One value of column `c`: the common scalar types directly, text forms through the
-    /// cached input function, everything else through `value_to_datum`.
+    /// One value of column `c`: text forms (numeric, enums, json, ...) through the input
+    /// function looked up once, everything else as `value_to_datum` does.
     unsafe fn decode_col(c: &mut ColPlan, v: &Value) -> Option<pg_sys::Datum> {
         match (c.base, v) {
             (_, Value::Null) => None,
-            (pg_sys::INT4OID, Value::Int(i)) => Some(pg_sys::Datum::from(*i as i32)),
-            (pg_sys::INT8OID, Value::Int(i)) => Some(pg_sys::Datum::from(*i)),
-            (pg_sys::TIMESTAMPTZOID, Value::TimestampTz(t)) | (pg_sys::TIMESTAMPOID, Value::Timestamp(t)) => Some(pg_sys::Datum::from(*t)),
-            (pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID, Value::Text(s)) => Some(text_datum(s)),
             (pg_sys::NUMERICOID, Value::Numeric(s)) | (_, Value::Other(s)) if c.input.is_some() => {
                 let (finfo, ioparam) = c.input.as_mut().unwrap();
                 if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 && !s.contains('\0') {
@@ -255,7 +254,7 @@ impl RowDecoder {
                     Some(pg_sys::InputFunctionCall(finfo.as_mut(), cs.as_ptr() as *mut _, *ioparam, c.typmod))
                 }
             }
-            _ => value_to_datum(v, c.typid, c.typmod),
+            _ => Some(with_base(v, c.typid, c.base, c.typmod)),
         }
     }
 

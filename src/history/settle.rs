@@ -123,7 +123,7 @@ COMMENT ON FUNCTION driftdb.current_seq() IS 'newest committed driftdb commit se
 );
 
 /// The commit time of the first committed seq ≥ `seq` (with that seq), if any.
-pub(crate) unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, i64)> {
+unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, i64)> {
     let mut found = None;
     let keys = [(1, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::F_INT8GE, pg_sys::Datum::from(seq as usize))];
     catalog::scan(cat.commits, cat.commits_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
@@ -136,26 +136,58 @@ pub(crate) unsafe fn first_commit_from(cat: &Catalog, seq: i64) -> Option<(i64, 
 }
 
 /// The newest settled seq committed at or before `at` (µs since 2000-01-01 UTC): the state
-/// AS OF that time. Commit times are non-decreasing in seq (D4), so this is a binary search
-/// over the seq index — no index on commit time is needed.
+/// AS OF that time.
 pub fn seq_at(cat: &Catalog, at: i64) -> i64 {
-    let top = settled_seq(cat);
-    // SAFETY: catalog-style reads of driftdb.commits.
-    unsafe {
-        // invariant: every committed seq ≤ lo has time ≤ at (lo = 0: none);
-        //            every committed seq > hi has time > at
-        let (mut lo, mut hi) = (0i64, top);
-        while lo < hi {
-            let mid = lo + (hi - lo + 1) / 2;
-            match first_commit_from(cat, mid) {
-                Some((s, t)) if s <= hi && t <= at => lo = s,
-                Some((s, _)) if s <= hi => hi = mid - 1,
-                _ => hi = mid - 1, // no commit in [mid, hi]
+    seq_at_upto(cat, at, settled_seq(cat))
+}
+
+thread_local! {
+    /// (commits table OID, seq → commit time) of every commit a binary search has probed:
+    /// commit times never change, so later searches start from the nearest known points.
+    static TIMES: std::cell::RefCell<(pg_sys::Oid, std::collections::BTreeMap<i64, i64>)> =
+        std::cell::RefCell::new((pg_sys::InvalidOid, std::collections::BTreeMap::new()));
+}
+
+/// The newest committed seq ≤ `top` (a settled seq) committed at or before `at`; 0 if none.
+/// Commit times are non-decreasing in seq (D4), so this is a binary search over the seq index
+/// — no index on commit time is needed — seeded with the commit times this backend knows.
+pub fn seq_at_upto(cat: &Catalog, at: i64, top: i64) -> i64 {
+    TIMES.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != cat.commits || cell.1.len() > 1_000_000 {
+            *cell = (cat.commits, std::collections::BTreeMap::new());
+        }
+        let known = &mut cell.1;
+        // invariant: every committed seq ≤ lo has time ≤ at, lo is committed (or 0);
+        //            every committed seq in [hi, top] has time > at
+        let mut lo = 0i64;
+        let mut hi = top + 1;
+        if let Some((&s, _)) = known.range(..=top).rev().find(|(_, &t)| t <= at) {
+            lo = s;
+        }
+        if lo >= top {
+            return lo;
+        }
+        if let Some((&s, _)) = known.range(lo + 1..=top).find(|(_, &t)| t > at) {
+            hi = s;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            // SAFETY: catalog-style read of driftdb.commits.
+            match unsafe { first_commit_from(cat, mid) } {
+                Some((s, t)) if s < hi => {
+                    known.insert(s, t);
+                    if t <= at {
+                        lo = s;
+                    } else {
+                        hi = s;
+                    }
+                }
+                _ => hi = mid, // no commit in [mid, hi)
             }
         }
-        // lo is a committed seq (or 0)
         lo
-    }
+    })
 }
 
 #[pg_extern(name = "_seq_at", volatile, strict)]

@@ -27,20 +27,6 @@ pub enum Point {
     Time(i64),
 }
 
-/// A settled bound: events with `seq <= seq` and (when `time` is set) `committed_at <= time`
-/// are visible. Every seq ≤ `seq` is settled.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Bound {
-    pub seq: i64,
-    pub time: Option<i64>,
-}
-
-impl Bound {
-    pub fn sees(&self, seq: i64, committed_at: i64) -> bool {
-        seq <= self.seq && self.time.is_none_or(|t| committed_at <= t)
-    }
-}
-
 thread_local! {
     /// The newest settled seq this backend has seen, and its commit time. Settled never goes
     /// back, so a point at or below it needs no waiting and no lookup.
@@ -71,9 +57,10 @@ fn refresh_settled(cat: &Catalog) -> (i64, i64) {
     v
 }
 
-/// Resolve a point to a settled bound (waiting only when the point is at or beyond the newest
-/// settled seq this backend knows of).
-pub fn resolve(cat: &Catalog, p: Point) -> Bound {
+/// Resolve a point to the seq it amounts to, a settled one: every seq at or below it has
+/// committed or rolled back. Waits only when the point is at or beyond the newest settled seq
+/// this backend knows of.
+pub fn resolve(cat: &Catalog, p: Point) -> i64 {
     // the caches hold seqs of one incarnation of the extension (a re-created one restarts seqs)
     if CACHE_FOR.with(|c| c.replace(cat.commits)) != cat.commits {
         SETTLED.with(|c| c.set((0, i64::MIN)));
@@ -88,78 +75,24 @@ pub fn resolve(cat: &Catalog, p: Point) -> Bound {
                     .raise();
             }
             if n <= s || n <= SETTLED_UPTO.with(|c| c.get()) {
-                return Bound { seq: n, time: None };
+                return n;
             }
             // wait only for seqs ≤ n: a commit in flight with a newer seq does not hold up AS OF n
             let settled = settle::settled_upto(cat, n);
             if settled < n {
                 let (s, _) = refresh_settled(cat);
-                return Bound { seq: n.min(s), time: None };
+                return n.min(s);
             }
             SETTLED_UPTO.with(|c| c.set(c.get().max(n)));
-            Bound { seq: n, time: None }
+            n
         }
         Point::Time(ts) => {
             let (s, t) = if s > 0 && ts < t { (s, t) } else { refresh_settled(cat) };
             if ts >= t {
-                return Bound { seq: s, time: None };
+                return s;
             }
-            Bound { seq: seq_for_time(cat, ts, s), time: None }
+            settle::seq_at_upto(cat, ts, s)
         }
-    }
-}
-
-thread_local! {
-    /// (commits table OID, seq → commit time) of every commit a binary search has probed:
-    /// commit times never change, and later searches start from the nearest known points.
-    static TIMES: std::cell::RefCell<(pg_sys::Oid, std::collections::BTreeMap<i64, i64>)> =
-        std::cell::RefCell::new((pg_sys::InvalidOid, std::collections::BTreeMap::new()));
-}
-
-/// The newest committed seq ≤ `top` (settled, committed after `ts`) committed at or before
-/// `ts`; 0 if none. Commit times are non-decreasing in seq (D4): a binary search over the
-/// commits' primary key, seeded with the commit times this backend already knows.
-fn seq_for_time(cat: &Catalog, ts: i64, top: i64) -> i64 {
-    TIMES.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.0 != cat.commits || cell.1.len() > 1_000_000 {
-            *cell = (cat.commits, std::collections::BTreeMap::new());
-        }
-        let known = &mut cell.1;
-        // invariant: every committed seq ≤ lo has time ≤ ts, lo is committed (or 0);
-        //            every committed seq ≥ hi has time > ts
-        let mut lo = 0i64;
-        let mut hi = top;
-        if let Some((&s, _)) = known.range(..=top).rev().find(|(_, &t)| t <= ts) {
-            lo = s;
-        }
-        if let Some((&s, _)) = known.range(lo + 1..=top).find(|(_, &t)| t > ts) {
-            hi = s;
-        }
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            // SAFETY: catalog-style read of driftdb.commits.
-            match unsafe { settle::first_commit_from(cat, mid) } {
-                Some((s, t)) if s < hi => {
-                    known.insert(s, t);
-                    if t <= ts {
-                        lo = s;
-                    } else {
-                        hi = s;
-                    }
-                }
-                _ => hi = mid,
-            }
-        }
-        lo
-    })
-}
-
-/// The seq a bound amounts to (the newest visible seq).
-pub fn bound_seq(cat: &Catalog, b: Bound) -> i64 {
-    match b.time {
-        None => b.seq,
-        Some(ts) => settle::seq_at(cat, ts).min(b.seq),
     }
 }
 
@@ -212,9 +145,11 @@ impl Source {
     }
 
     /// Refuse points before the history of a converted (or purged) table begins.
-    pub fn check_start(&self, seq: i64, name: &str) {
+    pub fn check_start(&self, seq: i64) {
         if let Some(i) = &self.info {
             if i.history_start_seq > 0 && seq < i.history_start_seq {
+                // SAFETY: syscache lookup of an open relation's name
+                let name = unsafe { super::srf::rel_name(self.relid) };
                 DriftError::new(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                     format!("history of table \"{name}\" starts at seq {}", i.history_start_seq),
@@ -268,22 +203,19 @@ impl Source {
         }
     }
 
-    /// The row with identity `key` (current identity columns, in identity order) at bound `b`.
-    /// Caller checked `keyed()`.
-    pub fn row_for_key(&self, key: &[Value], b: Bound, marks: &Marks) -> Option<Row> {
+    /// The row with identity `key` (current identity columns, in identity order) at settled
+    /// `seq`. Caller checked `keyed()`.
+    pub fn row_for_key(&self, key: &[Value], seq: i64, marks: &Marks) -> Option<Row> {
         let info = self.info.as_ref()?;
         let k = encode_key(key);
         let mut found: Option<(i64, Option<Row>)> = None;
-        reader::key_events_desc(&self.cat, info.table_id, &k, b.seq, |seq, op, e| {
-            if !b.sees(seq, e.committed_at) {
-                return true;
-            }
-            found = Some((seq, if op == b'i' || op == b'u' { e.new } else { None }));
+        reader::key_events_desc(&self.cat, info.table_id, &k, seq, |s, op, e| {
+            found = Some((s, if op == b'i' || op == b'u' { e.new } else { None }));
             false
         });
-        let (seq, row) = found?;
-        let truncated = marks.truncates.iter().any(|&(t, at)| t > seq && b.sees(t, at));
-        if truncated {
+        let (at, row) = found?;
+        // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
+        if marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
             None
         } else {
             row
@@ -302,8 +234,7 @@ impl Source {
                     evs.push((seq, op, e));
                     true
                 });
-                evs.reverse();
-                // within one seq, what closes (delete, moved away) comes before what opens
+                // oldest first; within one seq, what closes (delete, moved away) comes before what opens
                 evs.sort_by_key(|(seq, op, _)| (*seq, matches!(op, b'i' | b'u')));
                 let mut open: Option<Version> = None;
                 let mut truncs = marks.truncates.iter().filter(|(t, _)| *t <= settled).peekable();
@@ -341,22 +272,20 @@ impl Source {
                 }
             }
             _ => {
+                let key_cols = self.key_cols().unwrap_or_default();
+                let wanted = |v: &Version| key.is_none_or(|k| v.row.project(&key_cols) == k);
                 let mut b = VersionBuilder::new(self.key_cols());
                 reader::events_between(&self.cat, info.table_id, 0, settled, |e| {
                     if let Err(err) = b.apply(&e) {
                         reader::corrupted(format!("replaying history: {err}"));
                     }
-                    for v in b.take_closed() {
-                        if key.is_none_or(|k| v.row.project(self.key_cols().as_deref().unwrap_or(&[])) == k) {
-                            f(v);
-                        }
+                    for v in b.take_closed().into_iter().filter(wanted) {
+                        f(v);
                     }
                     true
                 });
-                for v in b.finish() {
-                    if key.is_none_or(|k| v.row.project(self.key_cols().as_deref().unwrap_or(&[])) == k) {
-                        f(v);
-                    }
+                for v in b.finish().into_iter().filter(wanted) {
+                    f(v);
                 }
             }
         }

@@ -124,13 +124,7 @@ pub fn is_driftdb(relid: pg_sys::Oid) -> bool {
 
 /// Forget cached facts about a relation (relcache invalidation).
 pub fn forget(relid: pg_sys::Oid) {
-    IS_DRIFTDB.with(|c| {
-        if relid == pg_sys::InvalidOid {
-            c.borrow_mut().clear();
-        } else {
-            c.borrow_mut().remove(&relid);
-        }
-    });
+    IS_DRIFTDB.with(|c| super::reader::forget_in(&mut c.borrow_mut(), relid));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -142,10 +136,10 @@ unsafe extern "C-unwind" fn post_parse_analyze(pstate: *mut pg_sys::ParseState, 
     if let Some(prev) = PREV_ANALYZE {
         prev(pstate, query, jstate);
     }
-    if let Some(f) = funcs() {
-        let mut f = f;
-        walker(query as *mut pg_sys::Node, &mut f as *mut Funcs as *mut std::ffi::c_void);
-    }
+    // driftdb's function OIDs are looked up only once a function call in FROM is met: most
+    // queries have none, and this hook runs for every statement parsed
+    let mut f: Option<Option<Funcs>> = None;
+    walker(query as *mut pg_sys::Node, &mut f as *mut Option<Option<Funcs>> as *mut std::ffi::c_void);
 }
 
 #[pg_guard]
@@ -155,7 +149,13 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, ctx: *mut std::ffi::
     }
     match (*node).type_ {
         pg_sys::NodeTag::T_RangeTblEntry => {
-            rewrite_rte(node as *mut pg_sys::RangeTblEntry, &*(ctx as *const Funcs));
+            let rte = node as *mut pg_sys::RangeTblEntry;
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
+                let f = &mut *(ctx as *mut Option<Option<Funcs>>);
+                if let Some(f) = *f.get_or_insert_with(funcs) {
+                    rewrite_rte(rte, &f);
+                }
+            }
             false
         }
         pg_sys::NodeTag::T_Query => {
@@ -165,19 +165,35 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, ctx: *mut std::ffi::
     }
 }
 
-unsafe fn rewrite_rte(rte: *mut pg_sys::RangeTblEntry, f: &Funcs) {
+/// A FROM-clause call `f(NULL::t, ...)` of a single function, without ORDINALITY, whose first
+/// argument is a constant of a plain table's row type: (the call, the table), locked.
+unsafe fn call_on_table(rte: *mut pg_sys::RangeTblEntry) -> Option<(*mut pg_sys::FuncExpr, pg_sys::Oid)> {
     if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION || (*rte).funcordinality {
-        return;
+        return None;
     }
     let fl = pgrx::PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions);
     if fl.len() != 1 {
-        return;
+        return None;
     }
-    let rtf = fl.get_ptr(0).unwrap();
-    let fe = (*rtf).funcexpr as *mut pg_sys::FuncExpr;
+    let fe = (*fl.get_ptr(0)?).funcexpr as *mut pg_sys::FuncExpr;
     if fe.is_null() || (*fe).xpr.type_ != pg_sys::NodeTag::T_FuncExpr {
-        return;
+        return None;
     }
+    // the table comes from the type of the first argument (NULL::t); any expression of the
+    // row type names it, but only a constant can be dropped without changing the query
+    let a0 = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args).get_ptr(0)?;
+    if (*a0).type_ != pg_sys::NodeTag::T_Const {
+        return None;
+    }
+    let relid = pg_sys::get_typ_typrelid((*(a0 as *mut pg_sys::Const)).consttype);
+    if relid == pg_sys::InvalidOid || pg_sys::get_rel_relkind(relid) as u8 != pg_sys::RELKIND_RELATION {
+        return None;
+    }
+    Some((fe, relid))
+}
+
+unsafe fn rewrite_rte(rte: *mut pg_sys::RangeTblEntry, f: &Funcs) {
+    let Some((fe, relid)) = call_on_table(rte) else { return };
     let tsm = if (*fe).funcid == f.as_of_seq {
         f.tsm_seq
     } else if (*fe).funcid == f.as_of_time {
@@ -185,18 +201,7 @@ unsafe fn rewrite_rte(rte: *mut pg_sys::RangeTblEntry, f: &Funcs) {
     } else {
         return;
     };
-    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args);
-    let (Some(a0), Some(a1)) = (args.get_ptr(0), args.get_ptr(1)) else { return };
-    // the table comes from the type of the first argument (NULL::t); any expression of the
-    // row type names it, but only a constant can be dropped without changing the query
-    if (*a0).type_ != pg_sys::NodeTag::T_Const {
-        return;
-    }
-    let typ = (*(a0 as *mut pg_sys::Const)).consttype;
-    let relid = pg_sys::get_typ_typrelid(typ);
-    if relid == pg_sys::InvalidOid || pg_sys::get_rel_relkind(relid) as u8 != pg_sys::RELKIND_RELATION {
-        return;
-    }
+    let Some(a1) = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args).get_ptr(1) else { return };
     pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as i32);
     if !is_driftdb(relid) {
         return; // the function itself reports the error when it runs
@@ -315,25 +320,8 @@ unsafe fn key_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptI
 /// `versions(NULL::t)` in FROM with equality on `(v.data).<identity column>` for every identity
 /// column: serve it with the history scan's versions-of-one-key mode.
 unsafe fn versions_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, rte: *mut pg_sys::RangeTblEntry) {
-    let Some(f) = funcs() else { return };
-    if (*rte).funcordinality {
-        return;
-    }
-    let fl = pgrx::PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions);
-    if fl.len() != 1 {
-        return;
-    }
-    let fe = (*fl.get_ptr(0).unwrap()).funcexpr as *mut pg_sys::FuncExpr;
-    if fe.is_null() || (*fe).xpr.type_ != pg_sys::NodeTag::T_FuncExpr || (*fe).funcid != f.versions {
-        return;
-    }
-    let args = pgrx::PgList::<pg_sys::Node>::from_pg((*fe).args);
-    let Some(a0) = args.get_ptr(0) else { return };
-    if (*a0).type_ != pg_sys::NodeTag::T_Const {
-        return;
-    }
-    let relid = pg_sys::get_typ_typrelid((*(a0 as *mut pg_sys::Const)).consttype);
-    if relid == pg_sys::InvalidOid || pg_sys::get_rel_relkind(relid) as u8 != pg_sys::RELKIND_RELATION {
+    let Some((fe, relid)) = call_on_table(rte) else { return };
+    if funcs().is_none_or(|f| (*fe).funcid != f.versions) {
         return;
     }
     pg_sys::LockRelationOid(relid, pg_sys::AccessShareLock as i32);

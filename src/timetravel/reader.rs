@@ -78,30 +78,18 @@ pub fn put_decoder(relid: pg_sys::Oid, d: crate::history::decode::RowDecoder) {
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     super::planner::forget(relid);
-    for cache in [&IDENTITY] {
-        cache.with(|c| {
-            if relid == pg_sys::InvalidOid {
-                c.borrow_mut().clear();
-            } else {
-                c.borrow_mut().remove(&relid);
-            }
-        });
+    CACHE.with(|c| forget_in(&mut c.borrow_mut(), relid));
+    IDENTITY.with(|c| forget_in(&mut c.borrow_mut(), relid));
+    DECODERS.with(|c| forget_in(&mut c.borrow_mut(), relid));
+}
+
+/// Drop `relid`'s entry (InvalidOid: every entry), as a relcache invalidation asks.
+pub fn forget_in<V>(map: &mut HashMap<pg_sys::Oid, V>, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid {
+        map.clear();
+    } else {
+        map.remove(&relid);
     }
-    DECODERS.with(|c| {
-        if relid == pg_sys::InvalidOid {
-            c.borrow_mut().clear();
-        } else {
-            c.borrow_mut().remove(&relid);
-        }
-    });
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if relid == pg_sys::InvalidOid {
-            c.clear();
-        } else {
-            c.remove(&relid);
-        }
-    });
 }
 
 pub fn register_callbacks() {

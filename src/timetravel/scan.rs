@@ -272,6 +272,18 @@ unsafe fn eval(node: *mut pg_sys::CustomScanState, e: *mut pg_sys::ExprState) ->
     (!isnull).then_some(d)
 }
 
+/// The pushed-down key's values (None if one is NULL: no row has a NULL identity).
+unsafe fn eval_key(node: *mut pg_sys::CustomScanState, rel: pg_sys::Relation) -> Option<Vec<Value>> {
+    let st = inner(node);
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    st.attnums
+        .iter()
+        .zip(&st.exprs[1..])
+        .map(|(&a, &e)| eval(node, e).map(|d| codec::datum_to_value(d, attrs[a as usize - 1].atttypid)))
+        .collect()
+}
+
 /// versions mode: the versions of the pushed-down key.
 unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_core::Version> {
     let st = inner(node);
@@ -279,24 +291,16 @@ unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_co
     srf::check_read(st.relid, "versions");
     let cat = Catalog::require();
     let src = Source::new(cat, rel);
-    let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
+    let settled = engine::resolve(&cat, Point::Seq(i64::MAX));
     let marks = src.marks(settled);
     if st.decoder.is_none() {
         st.decoder = Some(srf::decoder_for(rel, &marks));
         st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
     }
-    let desc = (*rel).rd_att;
-    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-    let mut key = Vec::new();
-    for (i, &a) in st.attnums.clone().iter().enumerate() {
-        match eval(node, st.exprs[1 + i]) {
-            None => {
-                pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-                return Vec::new();
-            }
-            Some(d) => key.push(codec::datum_to_value(d, attrs[a as usize - 1].atttypid)),
-        }
-    }
+    let Some(key) = eval_key(node, rel) else {
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+        return Vec::new();
+    };
     let mut out = Vec::new();
     src.versions(Some(&key), settled, &marks, |v| out.push(v));
     st.did = Some(if src.keyed() { "versions of one identity key (key index)".into() } else { "versions of one key (full replay: identity changed)".into() });
@@ -318,33 +322,20 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
     };
     let cat = Catalog::require();
     let src = Source::new(cat, rel);
-    let bound = engine::resolve(&cat, point);
-    let name = srf::rel_name((*rel).rd_id);
-    if src.info.as_ref().is_some_and(|i| i.history_start_seq > 0) {
-        src.check_start(engine::bound_seq(&cat, bound), &name);
-    }
-    let marks = src.marks(bound.seq);
+    let seq = engine::resolve(&cat, point);
+    src.check_start(seq);
+    let marks = src.marks(seq);
     if st.decoder.is_none() {
         st.decoder = Some(srf::decoder_for(rel, &marks));
     }
     if !st.attnums.is_empty() && src.keyed() {
-        let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let mut key = Vec::with_capacity(st.attnums.len());
-        for (i, &a) in st.attnums.clone().iter().enumerate() {
-            match eval(node, st.exprs[1 + i]) {
-                None => {
-                    st.did = Some("identity key lookup (NULL key: no row)".into());
-                    return Vec::new();
-                }
-                Some(d) => key.push(codec::datum_to_value(d, attrs[a as usize - 1].atttypid)),
-            }
-        }
-        let key: Vec<Value> = key;
+        let Some(key) = eval_key(node, rel) else {
+            st.did = Some("identity key lookup (NULL key: no row)".into());
+            return Vec::new();
+        };
         st.did = Some("identity key lookup".into());
-        return src.row_for_key(&key, bound, &marks).into_iter().collect();
+        return src.row_for_key(&key, seq, &marks).into_iter().collect();
     }
-    let seq = engine::bound_seq(&cat, bound);
     match src.state_at(seq) {
         (engine::Rows::Blocks { seq: snap, blocks }, _) => {
             st.did = Some(format!("state at seq {seq}: snapshot of seq {snap}, {} blocks, no events to replay", blocks.len()));
@@ -456,16 +447,21 @@ unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     inner(node).versions = None;
 }
 
+/// "a, b": the names of the key columns, for EXPLAIN.
+unsafe fn key_names(rel: pg_sys::Relation, attnums: &[u16]) -> String {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname)).collect::<Vec<_>>().join(", ")
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn explain(node: *mut pg_sys::CustomScanState, _ancestors: *mut pg_sys::List, es: *mut pg_sys::ExplainState) {
     let st = inner(node);
     if st.mode == MODE_VERSIONS {
         let rel = pg_sys::relation_open(st.relid, pg_sys::AccessShareLock as i32);
-        let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let names: Vec<String> = st.attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname).to_string()).collect();
+        let names = key_names(rel, &st.attnums);
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-        let v = std::ffi::CString::new(format!("versions of identity key ({}) = pushed-down values", names.join(", "))).unwrap();
+        let v = std::ffi::CString::new(format!("versions of identity key ({names}) = pushed-down values")).unwrap();
         pg_sys::ExplainPropertyText(c"History Lookup".as_ptr(), v.as_ptr(), es);
         if let Some(d) = &st.did {
             let v = std::ffi::CString::new(d.as_str()).unwrap();
@@ -486,11 +482,8 @@ unsafe extern "C-unwind" fn explain(node: *mut pg_sys::CustomScanState, _ancesto
     if st.attnums.is_empty() {
         prop(c"History Lookup", "full state (newest snapshot + replay)");
     } else {
-        let rel = (*node).ss.ss_currentRelation;
-        let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let names: Vec<String> = st.attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname).to_string()).collect();
-        prop(c"History Lookup", &format!("identity key ({}) = pushed-down values", names.join(", ")));
+        let names = key_names((*node).ss.ss_currentRelation, &st.attnums);
+        prop(c"History Lookup", &format!("identity key ({names}) = pushed-down values"));
     }
     if let Some(d) = &st.did {
         prop(c"History Read", d);

@@ -7,7 +7,7 @@
 //! more than the table has rows) stores the state it computed, unless the transaction is
 //! read-only, the server is a standby, or another backend is already storing one for the
 //! table. Snapshots are derived data: each is rebuilt exactly from the events.
-use driftdb_core::{split_into_blocks, Row};
+use driftdb_core::{BlockSplitter, Row};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -44,7 +44,9 @@ pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, rows: &[Row]) -> bool
     if reader::latest_snapshot(cat, info.table_id, seq) == Some(seq) {
         return false;
     }
-    let blocks = split_into_blocks(rows.iter().cloned(), BLOCK_BYTES);
+    let mut splitter = BlockSplitter::new(BLOCK_BYTES);
+    let mut blocks: Vec<Vec<u8>> = rows.iter().filter_map(|r| splitter.push(r)).collect();
+    blocks.extend(splitter.finish());
     let mut w = Writer::open(cat.snapshots);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb snapshot write");
     for (i, b) in blocks.iter().enumerate() {
@@ -87,7 +89,7 @@ fn snapshot_sql(table: pgrx::PgRelation) -> i64 {
     // writes of driftdb's own tables.
     unsafe {
         let src = Source::new(cat, table.as_ptr());
-        let seq = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
+        let seq = engine::resolve(&cat, Point::Seq(i64::MAX));
         if let Some(info) = &src.info {
             if reader::latest_snapshot(&cat, info.table_id, seq) != Some(seq) {
                 let (rows, _) = src.rows_at(seq);

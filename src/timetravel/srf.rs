@@ -110,31 +110,21 @@ unsafe fn materialize(fcinfo: pg_sys::FunctionCallInfo) -> (*mut pg_sys::Tuplest
 
 /// Shared body of both `as_of` forms.
 unsafe fn as_of(fcinfo: pg_sys::FunctionCallInfo, point: Point) -> pg_sys::Datum {
-    let relid = table_of_arg(fcinfo, 0, "as_of");
-    let rel = open_driftdb(relid);
-    check_read(relid, "as_of");
-    let cat = Catalog::require();
-    let src = Source::new(cat, rel);
-    let bound = engine::resolve(&cat, point);
-    let seq = engine::bound_seq(&cat, bound);
-    src.check_start(seq, &rel_name(relid));
-    let marks = src.marks(bound.seq);
-    let mut dec = decoder_for(rel, &marks);
+    let mut call = HistoryCall::open(fcinfo, "as_of", point);
+    call.src.check_start(call.seq);
     let (store, _desc) = materialize(fcinfo);
-    let desc = (*rel).rd_att;
-    let (rows, replayed) = src.rows_at(seq);
-    super::snapshot::maybe_store(&cat, &src, seq, &rows, replayed);
+    let desc = (*call.rel).rd_att;
+    let (rows, replayed) = call.src.rows_at(call.seq);
+    super::snapshot::maybe_store(&call.cat, &call.src, call.seq, &rows, replayed);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb as_of rows");
     for row in &rows {
         tmp.switch_to(|_| {
-            let tup = dec.form_tuple(desc, row);
+            let tup = call.dec.form_tuple(desc, row);
             pg_sys::tuplestore_puttuple(store, tup);
         });
         tmp.reset();
     }
-    super::reader::put_decoder(relid, dec);
-    pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-    pg_sys::Datum::from(0usize)
+    call.close()
 }
 
 pg_function_info_v1!(pg_finfo_driftdb_as_of_seq);
@@ -190,41 +180,41 @@ pub unsafe fn put_version(store: *mut pg_sys::Tuplestorestate, out: pg_sys::Tupl
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn driftdb_versions(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let mut call = WholeHistoryCall::open(fcinfo, "versions");
+    let mut call = HistoryCall::open(fcinfo, "versions", Point::Seq(i64::MAX));
     let (store, out) = materialize(fcinfo);
     let desc = (*call.rel).rd_att;
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb versions");
     let dec = &mut call.dec;
-    call.src.versions(None, call.settled, &call.marks, |v| {
+    call.src.versions(None, call.seq, &call.marks, |v| {
         tmp.switch_to(|_| put_version(store, out, dec, desc, &v));
         tmp.reset();
     });
     call.close()
 }
 
-/// What `versions` and `changes` share: the table of the first argument, opened and checked,
-/// its history source up to the newest settled seq, and a row decoder.
-struct WholeHistoryCall {
+/// What the SQL functions share: the table of the first argument, opened and checked, its
+/// history source, the point resolved to a settled seq, and a row decoder.
+struct HistoryCall {
     relid: pg_sys::Oid,
     rel: pg_sys::Relation,
     cat: Catalog,
     src: Source,
-    settled: i64,
+    seq: i64,
     marks: super::reader::Marks,
     dec: RowDecoder,
 }
 
-impl WholeHistoryCall {
-    unsafe fn open(fcinfo: pg_sys::FunctionCallInfo, fname: &str) -> WholeHistoryCall {
+impl HistoryCall {
+    unsafe fn open(fcinfo: pg_sys::FunctionCallInfo, fname: &str, point: Point) -> HistoryCall {
         let relid = table_of_arg(fcinfo, 0, fname);
         let rel = open_driftdb(relid);
         check_read(relid, fname);
         let cat = Catalog::require();
         let src = Source::new(cat, rel);
-        let settled = engine::resolve(&cat, Point::Seq(i64::MAX)).seq;
-        let marks = src.marks(settled);
+        let seq = engine::resolve(&cat, point);
+        let marks = src.marks(seq);
         let dec = decoder_for(rel, &marks);
-        WholeHistoryCall { relid, rel, cat, src, settled, marks, dec }
+        HistoryCall { relid, rel, cat, src, seq, marks, dec }
     }
 
     /// Give the decoder back, close the table (its lock stays until the transaction ends).
@@ -241,13 +231,13 @@ pg_function_info_v1!(pg_finfo_driftdb_changes);
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    let mut call = WholeHistoryCall::open(fcinfo, "changes");
+    let mut call = HistoryCall::open(fcinfo, "changes", Point::Seq(i64::MAX));
     let (store, out) = materialize(fcinfo);
     let desc = (*call.rel).rd_att;
     let mut who = super::reader::CommitterCache::new(&call.cat);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb changes");
     let dec = &mut call.dec;
-    call.src.changes(call.settled, |seq, at, op, old, new| {
+    call.src.changes(call.seq, |seq, at, op, old, new| {
         let by = who.get(seq);
         tmp.switch_to(|_| {
             let mut values = [
