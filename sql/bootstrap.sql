@@ -26,9 +26,15 @@ CREATE TABLE driftdb.tables (
     history_start_seq bigint NOT NULL DEFAULT 0, -- history is complete after this seq (0: from creation)
     key_attnums       int2[],                   -- identity the events' keys were recorded under at
                                                 -- registration ('{}': REPLICA IDENTITY FULL, NULL: none)
-    keys_stable       boolean NOT NULL DEFAULT true -- false once the identity changed: keys of
+    keys_stable       boolean NOT NULL DEFAULT true, -- false once the identity changed: keys of
                                                 -- older events no longer name rows by the current
                                                 -- identity, so AS OF key lookups replay instead
+    retention         interval,                 -- history older than this is purged by
+                                                -- driftdb.maintain() (NULL: kept forever)
+    compacted_upto    bigint NOT NULL DEFAULT 0, -- every compactable event <= this is in a segment
+    last_compaction   timestamptz,
+    history_purged    boolean NOT NULL DEFAULT false -- history_start_seq is a purge horizon
+                                                -- (not the seq of a conversion)
 ) USING heap;
 
 -- One row per committed transaction that changed driftdb rows: the audit trail.
@@ -75,12 +81,42 @@ CREATE TABLE driftdb.snapshots (
 ) USING heap;
 ALTER TABLE driftdb.snapshots ALTER COLUMN data SET STORAGE EXTERNAL;
 
+-- The chain: per table, compacted event segments and the records of purges and erasures, in
+-- order (seg_id 1, 2, ...). Each link's hash is SHA-256 over the previous link's hash and its
+-- own data (driftdb_core::segment::chain_hash), so editing, removing or reordering a stored link
+-- breaks the chain at that link (driftdb.verify names it). Segments ('s') hold many events of
+-- one table, MessagePack-encoded and zstd-compressed in a DriftDB block (kind 2), sorted by
+-- (key, seq), with the ranges below so that reads skip segments that cannot match. Purge ('p')
+-- and erasure ('e') records are JSON (data = its UTF-8 text) naming what was removed, when, by
+-- whom, and the hashes of the links they removed, so the chain stays checkable across them.
+CREATE TABLE driftdb.segments (
+    table_id   integer NOT NULL,
+    seg_id     bigint NOT NULL,          -- position in the table's chain, from 1
+    kind       "char" NOT NULL,          -- s: event segment, p: purge record, e: erasure record
+    seq_lo     bigint,                   -- seq range of the segment's events (s only)
+    seq_hi     bigint,
+    key_lo     bytea,                    -- key range (canonical key bytes, as events.key)
+    key_hi     bytea,
+    time_lo    timestamptz,              -- commit time range
+    time_hi    timestamptz,
+    nevents    integer NOT NULL,
+    raw_bytes  integer NOT NULL,         -- payload size before compression
+    created_at timestamptz NOT NULL,
+    prev_hash  bytea NOT NULL,           -- hash of link seg_id - 1 (32 zero bytes for the first)
+    hash       bytea NOT NULL,
+    data       bytea NOT NULL,
+    nversions  integer NOT NULL DEFAULT 0, -- events that wrote a row version (insert, update)
+    PRIMARY KEY (table_id, seg_id)
+) USING heap;
+ALTER TABLE driftdb.segments ALTER COLUMN data SET STORAGE EXTERNAL;
+
 SELECT pg_catalog.pg_extension_config_dump('driftdb.tables', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.snapshots', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commits', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.events', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commit_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.table_id_seq', '');
 
-REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events, driftdb.snapshots FROM PUBLIC;
+REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events, driftdb.snapshots, driftdb.segments FROM PUBLIC;
 REVOKE ALL ON SEQUENCE driftdb.commit_seq, driftdb.table_id_seq FROM PUBLIC;

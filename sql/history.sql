@@ -45,6 +45,8 @@ CREATE TRIGGER guard_history BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON dr
   FOR EACH STATEMENT EXECUTE FUNCTION driftdb.guard_history();
 CREATE TRIGGER guard_history BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON driftdb.snapshots
   FOR EACH STATEMENT EXECUTE FUNCTION driftdb.guard_history();
+CREATE TRIGGER guard_history BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON driftdb.segments
+  FOR EACH STATEMENT EXECUTE FUNCTION driftdb.guard_history();
 
 -- DROP TABLE removes the table's history.
 CREATE FUNCTION driftdb.on_sql_drop() RETURNS event_trigger

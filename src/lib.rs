@@ -27,6 +27,7 @@ pub mod error;
 pub mod history;
 pub mod hooks;
 pub mod preload;
+pub mod segments;
 pub mod timetravel;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
@@ -40,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     history::init();
     hooks::init();
     timetravel::init();
+    segments::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

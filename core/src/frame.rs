@@ -80,12 +80,19 @@ pub fn encode_frame(event: &Event) -> Vec<u8> {
     ]);
     // Writing into a Vec cannot fail and every type in `Event` is serializable.
     rmp_serde::encode::write(&mut buf, event).expect("event serialization is infallible");
+    seal_frame(&mut buf);
+    buf
+}
+
+/// Fills in the header of `buf`: a frame whose payload, from `HEADER_LEN` on, is already in
+/// place (segment.rs rebuilds frames from stored payloads with it).
+pub(crate) fn seal_frame(buf: &mut [u8]) {
     let payload_len = u32::try_from(buf.len() - HEADER_LEN).expect("event payload exceeds 4 GiB");
     let len_le = payload_len.to_le_bytes();
     let crc = frame_crc(FORMAT_VERSION, 0, len_le, &buf[HEADER_LEN..]);
+    buf[..4].copy_from_slice(&[MAGIC[0], MAGIC[1], FORMAT_VERSION, 0]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
     buf[8..12].copy_from_slice(&len_le);
-    buf
 }
 
 /// Validates everything except the payload's MessagePack content; returns the payload.

@@ -5,7 +5,8 @@
 //! `frame` (the versioned, CRC-protected on-disk encoding, and canonical key bytes),
 //! `replay` (rebuilding and verifying a table from its history), `versions` (every version
 //! of every row, with the span of history it was current for), `snapshot` (the compressed,
-//! CRC-protected block format of snapshots), `txbuf` (the per-transaction change buffer the
+//! CRC-protected block format of snapshots), `segment` (compacted event segments in that
+//! block format, and the SHA-256 hash chain), `txbuf` (the per-transaction change buffer the
 //! extension fills from its write callbacks) and `net` (folding a transaction's changes to
 //! one net change per row).
 
@@ -16,6 +17,7 @@ pub mod frame;
 pub mod net;
 pub mod replay;
 pub mod row;
+pub mod segment;
 pub mod snapshot;
 pub mod txbuf;
 pub mod value;
@@ -28,6 +30,11 @@ pub use frame::{
 };
 pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
 pub use row::Row;
+pub use segment::{
+    chain_hash, decode_segment, decode_segment_key, encode_segment, segment_info, sha256,
+    Hash, SegmentBuilder, SegmentEntry, SegmentError, SegmentInfo, CHAIN_DOMAIN, GENESIS,
+    SEGMENT_FORMAT_VERSION,
+};
 pub use snapshot::{
     check_block, decode_snapshot_block, encode_snapshot_block, encode_snapshot_block_with,
     split_into_blocks, BlockError, BlockInfo, BlockKind, BlockSplitter, Codec,

@@ -607,6 +607,9 @@ pub struct ImageReplay {
     rows: HashMap<Vec<u8>, Vec<Row>>,
     len: usize,
     last_seq: Option<u64>,
+    /// Events at or below this seq are what a purge left: each row's image current at the
+    /// horizon, its earlier events gone (see `set_base_upto`).
+    base_upto: Option<u64>,
 }
 
 impl ImageReplay {
@@ -627,6 +630,13 @@ impl ImageReplay {
         }
         s.last_seq = last_seq;
         s
+    }
+
+    /// History was purged up to `horizon`: the events at or below it are, per row, the one
+    /// that wrote its image current at the horizon. An UPDATE among them whose row is not
+    /// there (its insert was purged) adds the new image.
+    pub fn set_base_upto(&mut self, horizon: u64) {
+        self.base_upto = Some(horizon);
     }
 
     fn key(&self, row: &Row) -> Vec<u8> {
@@ -678,7 +688,10 @@ impl ImageReplay {
             Op::Update => {
                 let old = e.old.as_ref().ok_or(ReplayError::MissingImage { seq, op })?;
                 let new = e.new.clone().ok_or(ReplayError::MissingImage { seq, op })?;
-                self.remove_matching(seq, op, old)?;
+                match self.remove_matching(seq, op, old) {
+                    Err(ReplayError::KeyNotFound { .. }) if self.base_upto.is_some_and(|h| seq <= h) => {}
+                    r => r?,
+                }
                 self.add(new);
             }
             Op::Delete => {

@@ -1,6 +1,6 @@
 //! snapshot.rs — the DriftDB block: a versioned, checksummed, optionally compressed batch of
 //! rows. A snapshot (a table's full contents as of one seq) is stored as a sequence of
-//! blocks of about 1 MiB of uncompressed rows each; compacted event segments will use the
+//! blocks of about 1 MiB of uncompressed rows each; compacted event segments (segment.rs) use the
 //! same container with another kind.
 //!
 //! Block layout (all integers little-endian):
@@ -8,15 +8,16 @@
 //! ```text
 //! offset 0  2 bytes  magic  b"DS"
 //! offset 2  1 byte   BLOCK_FORMAT_VERSION (= 1)
-//! offset 3  1 byte   kind: 1 = snapshot rows, 2 = event segment (reserved)
+//! offset 3  1 byte   kind: 1 = snapshot rows, 2 = event segment (segment.rs)
 //! offset 4  1 byte   codec: 0 = none, 1 = zstd
 //! offset 5  3 bytes  reserved (= 0)
 //! offset 8  4 bytes  CRC-32 (IEEE, crc32fast) over every byte from offset 12 to the end
-//! offset 12 4 bytes  row count
+//! offset 12 4 bytes  row count (for an event segment: its number of entries)
 //! offset 16 4 bytes  raw_len: payload length uncompressed
 //! offset 20 4 bytes  stored_len: payload length as stored (= raw_len for codec 0)
 //! offset 24 ...      payload: a MessagePack array of rows (each as in row.rs), zstd-compressed
-//!                    (level 3, one zstd frame) for codec 1
+//!                    (level 3, one zstd frame) for codec 1 (an event segment's payload is
+//!                    described in segment.rs)
 //! ```
 //!
 //! The encoder compresses a payload only when that makes it smaller. `decode_snapshot_block`
@@ -31,6 +32,8 @@
 //! iterator. Reading is on the hot path of full AS OF reads, so the payload is decoded by a
 //! direct MessagePack reader (`fast` below) rather than through serde, falling back to serde
 //! — the authority on the format — for anything that reader does not handle.
+
+use std::borrow::Cow;
 
 use thiserror::Error;
 
@@ -48,7 +51,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 pub enum BlockKind {
     /// Rows of a snapshot.
     Snapshot = 1,
-    /// Reserved for compacted event segments.
+    /// A compacted event segment (segment.rs).
     EventSegment = 2,
 }
 
@@ -203,14 +206,18 @@ pub fn check_block(bytes: &[u8]) -> Result<BlockInfo, BlockError> {
     checked_block(bytes, None).map(|(info, _)| info)
 }
 
-/// Decodes a snapshot block produced by `encode_snapshot_block` (or `split_into_blocks`).
-pub fn decode_snapshot_block(bytes: &[u8]) -> Result<Vec<Row>, BlockError> {
-    let (info, stored) = checked_block(bytes, Some(BlockKind::Snapshot))?;
-    let decompressed;
-    let raw: &[u8] = match info.codec {
-        Codec::Uncompressed => stored,
+/// Checks a block of the expected kind (everything `check_block` checks, plus the kind) and
+/// returns its header and its raw payload, decompressed to exactly `raw_len` bytes. Shared by
+/// snapshot blocks and event segments (segment.rs).
+pub(crate) fn open_block(
+    bytes: &[u8],
+    kind: BlockKind,
+) -> Result<(BlockInfo, Cow<'_, [u8]>), BlockError> {
+    let (info, stored) = checked_block(bytes, Some(kind))?;
+    let raw = match info.codec {
+        Codec::Uncompressed => Cow::Borrowed(stored),
         Codec::Zstd => {
-            decompressed = zstd::bulk::decompress(stored, info.raw_len as usize)
+            let decompressed = zstd::bulk::decompress(stored, info.raw_len as usize)
                 .map_err(BlockError::Decompress)?;
             if decompressed.len() != info.raw_len as usize {
                 return Err(BlockError::RawLengthMismatch {
@@ -218,9 +225,16 @@ pub fn decode_snapshot_block(bytes: &[u8]) -> Result<Vec<Row>, BlockError> {
                     actual: decompressed.len(),
                 });
             }
-            &decompressed
+            Cow::Owned(decompressed)
         }
     };
+    Ok((info, raw))
+}
+
+/// Decodes a snapshot block produced by `encode_snapshot_block` (or `split_into_blocks`).
+pub fn decode_snapshot_block(bytes: &[u8]) -> Result<Vec<Row>, BlockError> {
+    let (info, raw) = open_block(bytes, BlockKind::Snapshot)?;
+    let raw: &[u8] = &raw;
     let rows = match fast::decode_rows(raw) {
         Some(rows) => rows,
         None => decode_rows_serde(raw)?,
@@ -502,9 +516,7 @@ struct BlockBuilder {
 
 impl BlockBuilder {
     fn new(codec: Codec) -> BlockBuilder {
-        let compressor = (codec == Codec::Zstd).then(|| {
-            zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context with a valid level")
-        });
+        let compressor = (codec == Codec::Zstd).then(new_compressor);
         BlockBuilder {
             buf: vec![0; ARRAY_HEADER_ROOM],
             count: 0,
@@ -532,43 +544,67 @@ impl BlockBuilder {
         let start = ARRAY_HEADER_ROOM - h.len();
         self.buf[start..ARRAY_HEADER_ROOM].copy_from_slice(h);
         let raw = &self.buf[start..];
-        let raw_len = u32::try_from(raw.len()).expect("block payload exceeds 4 GiB");
-
-        let mut out = Vec::new();
-        let mut codec = Codec::Uncompressed;
-        if let Some(c) = &mut self.compressor {
-            let bound = zstd::zstd_safe::compress_bound(raw.len());
-            out.resize(BLOCK_HEADER_LEN + bound, 0);
-            let n = c
-                .compress_to_buffer(raw, &mut out[BLOCK_HEADER_LEN..])
-                .expect("zstd output buffer of compress_bound size");
-            if force || n < raw.len() {
-                out.truncate(BLOCK_HEADER_LEN + n);
-                codec = Codec::Zstd;
-            }
-        }
-        if codec == Codec::Uncompressed {
-            out.clear();
-            out.reserve_exact(BLOCK_HEADER_LEN + raw.len());
-            out.resize(BLOCK_HEADER_LEN, 0);
-            out.extend_from_slice(raw);
-        }
-        let stored_len = (out.len() - BLOCK_HEADER_LEN) as u32;
-        out[..2].copy_from_slice(&BLOCK_MAGIC);
-        out[2] = BLOCK_FORMAT_VERSION;
-        out[3] = BlockKind::Snapshot as u8;
-        out[4] = codec as u8;
-        out[5..8].fill(0);
-        out[12..16].copy_from_slice(&count.to_le_bytes());
-        out[16..20].copy_from_slice(&raw_len.to_le_bytes());
-        out[20..24].copy_from_slice(&stored_len.to_le_bytes());
-        let crc = crc32fast::hash(&out[12..]);
-        out[8..12].copy_from_slice(&crc.to_le_bytes());
-
+        let out = seal_block(
+            BlockKind::Snapshot,
+            count,
+            raw,
+            self.compressor.as_mut(),
+            force,
+        );
         self.buf.truncate(ARRAY_HEADER_ROOM);
         self.count = 0;
         out
     }
+}
+
+/// A zstd compression context at `ZSTD_LEVEL`, reusable across blocks.
+pub(crate) fn new_compressor() -> zstd::bulk::Compressor<'static> {
+    zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd context with a valid level")
+}
+
+/// Builds a block of `kind` holding `count` items whose raw payload is `raw`: compressed with
+/// `compressor`, if given, unless that would not make the payload smaller (with `force`, kept
+/// compressed regardless); header and CRC as in the module comment. Shared by snapshot blocks
+/// and event segments (segment.rs).
+pub(crate) fn seal_block(
+    kind: BlockKind,
+    count: u32,
+    raw: &[u8],
+    compressor: Option<&mut zstd::bulk::Compressor<'static>>,
+    force: bool,
+) -> Vec<u8> {
+    let raw_len = u32::try_from(raw.len()).expect("block payload exceeds 4 GiB");
+    let mut out = Vec::new();
+    let mut codec = Codec::Uncompressed;
+    if let Some(c) = compressor {
+        let bound = zstd::zstd_safe::compress_bound(raw.len());
+        out.resize(BLOCK_HEADER_LEN + bound, 0);
+        let n = c
+            .compress_to_buffer(raw, &mut out[BLOCK_HEADER_LEN..])
+            .expect("zstd output buffer of compress_bound size");
+        if force || n < raw.len() {
+            out.truncate(BLOCK_HEADER_LEN + n);
+            codec = Codec::Zstd;
+        }
+    }
+    if codec == Codec::Uncompressed {
+        out.clear();
+        out.reserve_exact(BLOCK_HEADER_LEN + raw.len());
+        out.resize(BLOCK_HEADER_LEN, 0);
+        out.extend_from_slice(raw);
+    }
+    let stored_len = (out.len() - BLOCK_HEADER_LEN) as u32;
+    out[..2].copy_from_slice(&BLOCK_MAGIC);
+    out[2] = BLOCK_FORMAT_VERSION;
+    out[3] = kind as u8;
+    out[4] = codec as u8;
+    out[5..8].fill(0);
+    out[12..16].copy_from_slice(&count.to_le_bytes());
+    out[16..20].copy_from_slice(&raw_len.to_le_bytes());
+    out[20..24].copy_from_slice(&stored_len.to_le_bytes());
+    let crc = crc32fast::hash(&out[12..]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
 /// MessagePack array header for `n` elements (as rmp-serde writes it for a sequence).

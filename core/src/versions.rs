@@ -79,6 +79,7 @@ pub struct VersionBuilder {
     next_id: u64,
     closed: Vec<Version>,
     last_seq: Option<u64>,
+    base_upto: Option<u64>,
 }
 
 impl VersionBuilder {
@@ -89,6 +90,12 @@ impl VersionBuilder {
             key_cols,
             ..VersionBuilder::default()
         }
+    }
+
+    /// History was purged up to `horizon` (see `ImageReplay::set_base_upto`): an UPDATE at or
+    /// below it whose row is not open opens its new image.
+    pub fn set_base_upto(&mut self, horizon: u64) {
+        self.base_upto = Some(horizon);
     }
 
     /// Seq of the last event applied successfully.
@@ -137,7 +144,15 @@ impl VersionBuilder {
                     .as_ref()
                     .ok_or(ReplayError::MissingImage { seq, op })?;
                 let ok = image_key(self.key_cols.as_deref(), old);
-                let i = self.find(&ok, seq, op, old)?;
+                let i = match self.find(&ok, seq, op, old) {
+                    Err(ReplayError::KeyNotFound { .. }) if self.base_upto.is_some_and(|h| seq <= h) => {
+                        let nk = image_key(self.key_cols.as_deref(), new);
+                        self.open_row(nk, seq, at, new.clone());
+                        self.last_seq = Some(seq);
+                        return Ok(());
+                    }
+                    r => r?,
+                };
                 let nk = image_key(self.key_cols.as_deref(), new);
                 // Buckets change exactly as ImageReplay's do (swap_remove, then push), so a
                 // multiset bucket picks the same row and an error names the same replayed row.

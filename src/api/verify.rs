@@ -3,7 +3,9 @@
 //! 1. frames: every event frame of the table passes its CRC and decodes;
 //! 2. replay: the events apply cleanly in seq order (each UPDATE/DELETE finds the row it names,
 //!    with the old image it recorded);
-//! 3. live:   history replayed to now equals the live table, as a multiset of rows.
+//! 3. live:   history replayed to now equals the live table, as a multiset of rows;
+//! 4. chain:  (once history was compacted) every link of the table's chain matches its hash
+//!    and its predecessor (`segments::chain`), naming the first link that does not.
 //!
 //! Events and live rows are read with the same snapshot (the statement's), so concurrent
 //! commits cannot produce false alarms: a transaction's events and its rows become visible
@@ -14,21 +16,15 @@ use pgrx::prelude::*;
 use pgrx::PgRelation;
 
 use super::{require_driftdb_table, require_owner};
-use crate::history::catalog::{self, Catalog, Order};
+use crate::history::catalog::Catalog;
 use crate::history::codec;
 use crate::history::commit::lookup_table_id;
 use crate::history::identity::{self, Identity};
 
-/// Every event row of table `id` in (seq, ord) order: seq, ord, op and frame bytes.
+/// Every event row of table `id` in (seq, ord) order — the events table and the compacted
+/// segments: seq, ord, op and frame bytes.
 unsafe fn scan_events(cat: &Catalog, id: i32, snapshot: pg_sys::Snapshot, mut f: impl FnMut(i64, i32, u8, &[u8])) {
-    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(id as usize))];
-    catalog::scan(cat.events, cat.events_pkey, &keys, snapshot, Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
-        let seq = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
-        let ord = catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32);
-        let op = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as u8);
-        let frame = catalog::attr(tup, rel, 6).expect("frame is NOT NULL");
-        let v = pg_sys::pg_detoast_datum_packed(frame.cast_mut_ptr());
-        let bytes = std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v));
+    crate::segments::for_each_event(cat, id, i64::MIN, i64::MAX, snapshot, true, |seq, ord, op, _, bytes| {
         f(seq, ord, op, bytes);
         true
     });
@@ -86,6 +82,10 @@ fn verify(
             Identity::Full | Identity::None => None,
         };
         let mut replay = ImageReplay::new(key_cols);
+        let info = crate::timetravel::reader::table_info(&cat, table.oid());
+        if let Some(i) = info.as_ref().filter(|i| i.history_purged) {
+            replay.set_base_upto(i.history_start_seq as u64);
+        }
         let (mut frames, mut bad_frames, mut first_bad, mut replay_err) = (0u64, 0u64, None, None);
         if let Some(id) = id {
             scan_events(&cat, id, snapshot, |seq, ord, op, bytes| {
@@ -113,6 +113,12 @@ fn verify(
                         }
                     }
                 }
+            });
+        }
+        if let Some(id) = id.filter(|&id| crate::segments::head_seg_id(&cat, id) > 0) {
+            report.push(match crate::segments::chain::verify_chain(&cat, id) {
+                Ok(s) => ("chain".into(), true, s),
+                Err(e) => ("chain".into(), false, e),
             });
         }
         report.push(match &first_bad {

@@ -29,6 +29,8 @@ pub struct Catalog {
     pub events_key: pg_sys::Oid,
     pub snapshots: pg_sys::Oid,
     pub snapshots_pkey: pg_sys::Oid,
+    pub segments: pg_sys::Oid,
+    pub segments_pkey: pg_sys::Oid,
     pub commit_seq: pg_sys::Oid,
     pub table_id_seq: pg_sys::Oid,
 }
@@ -73,10 +75,12 @@ impl Catalog {
             events_key: relid(nsp, "events_key"),
             snapshots: relid(nsp, "snapshots"),
             snapshots_pkey: relid(nsp, "snapshots_pkey"),
+            segments: relid(nsp, "segments"),
+            segments_pkey: relid(nsp, "segments_pkey"),
             commit_seq: relid(nsp, "commit_seq"),
             table_id_seq: relid(nsp, "table_id_seq"),
         };
-        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.events_key, c.snapshots, c.snapshots_pkey, c.commit_seq, c.table_id_seq]
+        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.events_key, c.snapshots, c.snapshots_pkey, c.segments, c.segments_pkey, c.commit_seq, c.table_id_seq]
             .contains(&pg_sys::InvalidOid)
         {
             return None;
@@ -128,9 +132,12 @@ impl Writer {
 
     /// Insert one row given as datums and null flags (in column order).
     pub fn insert(&mut self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
-        // SAFETY: values/nulls match the table's descriptor (callers build them column by
-        // column from the bootstrap.sql definitions); heap_form_tuple copies the data.
+        // SAFETY: values/nulls have exactly the descriptor's length (checked: heap_form_tuple
+        // reads natts entries) and were built column by column from the bootstrap.sql
+        // definitions; heap_form_tuple copies the data.
         unsafe {
+            let natts = (*(*self.rel).rd_att).natts as usize;
+            assert!(values.len() == natts && nulls.len() == natts, "driftdb catalog insert: {} values for {natts} columns", values.len());
             let tup = pg_sys::heap_form_tuple((*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::CatalogTupleInsertWithInfo(self.rel, tup, self.indstate);
             pg_sys::heap_freetuple(tup);
@@ -227,4 +234,32 @@ pub unsafe fn attr(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, attnum: i32) -
 pub fn snapshot_self() -> pg_sys::Snapshot {
     // Taking the address of PostgreSQL's static SnapshotSelfData (never written through).
     std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData)
+}
+
+/// Update columns of table `table_id`'s row in `driftdb.tables`: `(attnum, value, isnull)`.
+/// Returns false if the table has no row.
+pub fn update_table_row(cat: &Catalog, table_id: i32, cols: &[(usize, pg_sys::Datum, bool)]) -> bool {
+    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id))];
+    let mut found = false;
+    // SAFETY: catalog-style update of one driftdb.tables row (found through its primary key)
+    // with heap_modify_tuple; the arrays are sized by the table's descriptor.
+    unsafe {
+        scan(cat.tables, cat.tables_pkey, &keys, snapshot_self(), Order::Any, pg_sys::RowExclusiveLock, |tup, rel| {
+            let natts = (*(*rel).rd_att).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![false; natts];
+            let mut repl = vec![false; natts];
+            for &(attnum, v, isnull) in cols {
+                values[attnum - 1] = v;
+                nulls[attnum - 1] = isnull;
+                repl[attnum - 1] = true;
+            }
+            let newtup = pg_sys::heap_modify_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr(), repl.as_mut_ptr());
+            pg_sys::CatalogTupleUpdate(rel, &mut (*newtup).t_self, newtup);
+            pg_sys::heap_freetuple(newtup);
+            found = true;
+            false
+        });
+    }
+    found
 }

@@ -368,8 +368,12 @@ unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
         start.into_datum().unwrap(),
         key_attnums.clone().into_datum().unwrap_or(pg_sys::Datum::from(0usize)),
         pg_sys::Datum::from(true),
+        pg_sys::Datum::from(0usize), // retention: none
+        pg_sys::Datum::from(0i64),   // compacted_upto
+        pg_sys::Datum::from(0usize), // last_compaction: never
+        pg_sys::Datum::from(false),  // history_purged
     ];
-    w.insert(&mut values, &mut [false, false, false, false, key_attnums.is_none(), false]);
+    w.insert(&mut values, &mut [false, false, false, false, key_attnums.is_none(), false, true, false, true, false]);
     id
 }
 

@@ -37,7 +37,7 @@ thread_local! {
     static CACHE_FOR: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-fn commit_time(cat: &Catalog, seq: i64) -> i64 {
+pub fn commit_time(cat: &Catalog, seq: i64) -> i64 {
     let mut t = i64::MIN;
     let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT8EQ, pg_sys::Datum::from(seq))];
     // SAFETY: catalog-style read of driftdb.commits.
@@ -150,12 +150,14 @@ impl Source {
             if i.history_start_seq > 0 && seq < i.history_start_seq {
                 // SAFETY: syscache lookup of an open relation's name
                 let name = unsafe { super::srf::rel_name(self.relid) };
-                DriftError::new(
-                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                    format!("history of table \"{name}\" starts at seq {}", i.history_start_seq),
-                )
-                .detail(format!("AS OF seq {seq} asks for a state before driftdb recorded this table (it was converted with ALTER TABLE ... SET ACCESS METHOD driftdb); its earlier history is unknown."))
-                .hint(format!("Ask for seq {} or later.", i.history_start_seq))
+                let start = i.history_start_seq;
+                let err = DriftError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("history of table \"{name}\" starts at seq {start}"));
+                let err = if i.history_purged {
+                    err.detail(format!("AS OF seq {seq} asks for a state before the purge horizon: history before seq {start} was purged (driftdb.purge_history or the table's retention)."))
+                } else {
+                    err.detail(format!("AS OF seq {seq} asks for a state before driftdb recorded this table (it was converted with ALTER TABLE ... SET ACCESS METHOD driftdb); its earlier history is unknown."))
+                };
+                err.hint(format!("Ask for seq {start} or later; driftdb.history_start('{name}') shows where history begins."))
                 .raise();
             }
         }
@@ -179,6 +181,9 @@ impl Source {
         }
         let rows = blocks.iter().flat_map(|b| reader::decode_block(b, snap.unwrap_or(0)));
         let mut state = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
+        if info.history_purged {
+            state.set_base_upto(info.history_start_seq as u64);
+        }
         for e in &events {
             if let Err(err) = state.apply(e) {
                 reader::corrupted(format!("replaying history: {err}"));
@@ -275,6 +280,9 @@ impl Source {
                 let key_cols = self.key_cols().unwrap_or_default();
                 let wanted = |v: &Version| key.is_none_or(|k| v.row.project(&key_cols) == k);
                 let mut b = VersionBuilder::new(self.key_cols());
+                if info.history_purged {
+                    b.set_base_upto(info.history_start_seq as u64);
+                }
                 reader::events_between(&self.cat, info.table_id, 0, settled, |e| {
                     if let Err(err) = b.apply(&e) {
                         reader::corrupted(format!("replaying history: {err}"));
@@ -294,7 +302,10 @@ impl Source {
     /// Every committed change up to `settled`, in seq order: (seq, committed_at, op, old, new).
     pub fn changes(&self, settled: i64, mut f: impl FnMut(i64, i64, Op, Option<Row>, Option<Row>)) {
         let Some(info) = &self.info else { return };
-        reader::events_between(&self.cat, info.table_id, 0, settled, |e| {
+        // after a purge, the changes from the horizon on (what survived below it is the state
+        // at the horizon, not the changes that led there)
+        let from = if info.history_purged { info.history_start_seq } else { 0 };
+        reader::events_between(&self.cat, info.table_id, from, settled, |e| {
             if e.op != Op::Schema {
                 f(e.seq as i64, e.committed_at, e.op, e.old, e.new);
             }

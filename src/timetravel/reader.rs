@@ -29,6 +29,10 @@ pub struct TableInfo {
     pub key_attnums: Option<Vec<u16>>,
     /// False once the identity changed after registration.
     pub keys_stable: bool,
+    /// Every compactable event with seq ≤ this is in a segment.
+    pub compacted_upto: i64,
+    /// `history_start_seq` is a purge horizon (not the seq of a conversion).
+    pub history_purged: bool,
 }
 
 /// The TRUNCATE and schema events of a table (key NULL in `driftdb.events`), in seq order.
@@ -128,6 +132,8 @@ pub fn table_info(cat: &Catalog, relid: pg_sys::Oid) -> Option<TableInfo> {
                     .filter(|v| !v.is_empty())
                     .map(|v| v.into_iter().map(|a| a as u16).collect()),
                 keys_stable: get(6).is_none_or(|d| d.value() != 0),
+                compacted_upto: get(8).map_or(0, |d| d.value() as i64),
+                history_purged: get(10).is_some_and(|d| d.value() != 0),
             });
             false
         });
@@ -218,35 +224,19 @@ unsafe fn event_cols<'a>(tup: pg_sys::HeapTuple, rel: pg_sys::Relation) -> (i64,
     (seq, op, frame.unwrap_or(&[]))
 }
 
-/// Row events (not markers) of the table with `lo < seq <= hi`, ascending: `f(event)` until it
-/// returns false.
+/// Row events (not markers) of the table with `lo < seq <= hi`, ascending — from the events
+/// table and the compacted segments: `f(event)` until it returns false.
 pub fn events_between(cat: &Catalog, table_id: i32, lo: i64, hi: i64, mut f: impl FnMut(Event) -> bool) {
-    let keys = [
-        (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
-        (2, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::F_INT8GT, pg_sys::Datum::from(lo)),
-        (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi)),
-    ];
-    // Decoding in a per-row context keeps a long scan's detoasted frames from piling up.
-    let mut tmp = pgrx::PgMemoryContexts::new("driftdb history scan");
-    // SAFETY: catalog-style read of driftdb.events.
-    unsafe {
-        catalog::scan(cat.events, cat.events_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
-            let go = tmp.switch_to(|_| {
-                let (seq, op, frame) = event_cols(tup, rel);
-                if op == b'm' {
-                    return true;
-                }
-                f(decode(frame, seq))
-            });
-            tmp.reset();
-            go
-        });
-    }
+    crate::segments::for_each_event(cat, table_id, lo, hi, catalog::snapshot_self(), false, |seq, _, _, _, frame| f(decode(frame, seq)));
 }
 
 /// One key's events (including 'm' markers: the key moved away) with `seq <= hi`, newest
-/// first: `f(seq, op, event)` until it returns false.
+/// first: `f(seq, op, event)` until it returns false. Recent events come from the events
+/// table (`events_key`), older ones from the compacted segments — read after the events table,
+/// so that a compaction committing in between shows its events there.
 pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: impl FnMut(i64, u8, Event) -> bool) {
+    let mut oldest: Option<(i64, i32)> = None;
+    let mut go = true;
     // SAFETY: catalog-style read of driftdb.events through events_key; the key datum is a
     // bytea built in the current context.
     unsafe {
@@ -259,8 +249,22 @@ pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f:
         ];
         catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
             let (seq, op, frame) = event_cols(tup, rel);
-            f(seq, op, decode(frame, seq))
+            oldest = Some((seq, catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32)));
+            go = f(seq, op, decode(frame, seq));
+            go
         });
+    }
+    if !go {
+        return;
+    }
+    for (seq, ord, op, frame) in crate::segments::key_entries(cat, table_id, key, hi) {
+        // an event seen in both places (moved by a compaction during this read) counts once
+        if oldest.is_some_and(|o| (seq, ord) >= o) {
+            continue;
+        }
+        if !f(seq, op, decode(&frame, seq)) {
+            return;
+        }
     }
 }
 
