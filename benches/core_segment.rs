@@ -8,7 +8,7 @@
 //! byte), throughput in raw (uncompressed) segment payload bytes, plus one key's lookup
 //! (`decode_segment_key`, one decompression and a skip over the segment's other keys) and
 //! `segment_info`. The timed encode/decode runs take the first 20k rows' events (220k events,
-//! ~45 segments) per iteration; the byte figures are over all 1.1M events.
+//! ~230 segments) per iteration; the byte figures are over all 1.1M events.
 //! Run: cargo bench -p driftdb-core --bench core_segment [-- --quick]
 
 use std::hint::black_box;
@@ -114,7 +114,10 @@ fn bench_segments(c: &mut Criterion) {
     let segs = encode_all(&timed);
     let blocks: Vec<Vec<u8>> = segs.iter().map(|s| s.0.clone()).collect();
     let raw: u64 = segs.iter().map(|s| s.1.raw_len as u64).sum();
-    let back: Vec<SegmentEntry> = blocks.iter().flat_map(|b| decode_segment(b).unwrap()).collect();
+    let back: Vec<SegmentEntry> = blocks
+        .iter()
+        .flat_map(|b| decode_segment(b).unwrap())
+        .collect();
     assert!(back == timed);
     // one key from the middle of each segment
     let probes: Vec<(&Vec<u8>, Vec<u8>)> = blocks

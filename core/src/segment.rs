@@ -19,7 +19,8 @@
 //! u8       SEGMENT_FORMAT_VERSION (= 1)
 //! zvarint  seq_lo, seq_hi      least and greatest entry seq
 //! zvarint  time_lo, time_hi    least and greatest committed_at of the entries' events
-//! varint   the byte length of each of the 9 streams below, in this order
+//! varint   the byte length of each of the 9 streams below, in this order (they must add up
+//!          to the rest of the payload)
 //! ...      the streams, concatenated:
 //!   FLAGS  2 bytes (u16 LE) per entry, see below
 //!   KEYS   per key group (a run of entries with one key): varint length, key bytes
@@ -52,8 +53,9 @@
 //! bits 8-9   old_key: 0 nil, 1 stored, 2 = the entry's key bytes (a moved-key marker)
 //! bits 10-11 old:     0 nil, 1 stored, 2 = the `new` field of the previous entry of the
 //!                     same key in this segment (a row's old image is its previous new one)
-//! bits 12-13 new:     0 nil, 1 stored, 2 = the `old` field (a no-op update), 3 = a diff
-//!                     against the `old` field (see `row_diff`)
+//! bits 12-13 new:     0 nil, 1 stored, 2 = the `old` field (a no-op update), 3 = stored
+//!                     as a diff against the `old` field (see `row_diff`; used when the diff
+//!                     is at most half the image)
 //! bit 14     SCHEMA_RAW: schema field stored; else nil
 //! bit 15     0
 //! ```
@@ -62,9 +64,14 @@
 //! any other form is simply stored. So every payload round-trips exactly, whatever wrote it;
 //! only the compression ratio depends on the common case. The streams group like data so that
 //! zstd finds it: the FLAGS, OPS, ORD and TABLE streams of a typical segment are nearly
-//! constant, SEQ and TIME are small repeating deltas, and RAW holds one key's row images in a
-//! row, each new image stored as a diff against the old one, which is itself never stored
-//! twice.
+//! constant, SEQ and TIME are small repeating deltas, and RAW holds one key's row images one
+//! after the other. An update's old image, being the key's previous new image, is not stored
+//! again; its new image is stored whole when the row is narrow or most of it changed (zstd
+//! then matches it against the previous image, at a repeating offset) and as a diff when the
+//! update changed a few columns of a wide row. Measured (tests `bytes_per_event`, bench
+//! core_segment): ~10 bytes per event stored for the bench table (5 narrow columns, every one
+//! but the id changed by each update; ~80-byte heap rows), ~10 for a 20-column table with 4
+//! columns changed per update.
 //!
 //! `decode_segment` checks, beyond the block: payload version, that the streams add up to the
 //! payload and are consumed exactly, valid flags and ops, (key, seq, ord) strictly increasing,
@@ -360,7 +367,21 @@ fn read_int(b: &[u8]) -> Option<i128> {
 
 /// The end of the one MessagePack object starting at `pos` (of any type, nested to any depth:
 /// iterative), or None if `b` ends first or holds the never-used marker 0xc1.
-fn skip_object(b: &[u8], mut pos: usize) -> Option<usize> {
+#[inline]
+fn skip_object(b: &[u8], pos: usize) -> Option<usize> {
+    // the most common objects of row images: small ints, nil, bools, short strings
+    let m = *b.get(pos)?;
+    match m {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Some(pos + 1),
+        0xa0..=0xbf => {
+            let end = pos + 1 + usize::from(m & 0x1f);
+            (end <= b.len()).then_some(end)
+        }
+        _ => skip_nested(b, pos),
+    }
+}
+
+fn skip_nested(b: &[u8], mut pos: usize) -> Option<usize> {
     let mut pending: u64 = 1;
     while pending > 0 {
         pending -= 1;
@@ -431,7 +452,10 @@ fn map_entries(b: &[u8]) -> Option<(&[u8], Vec<(&[u8], &[u8])>)> {
     let (&m, _) = b.split_first()?;
     let (hlen, n) = match m {
         0x80..=0x8f => (1, usize::from(m & 0x0f)),
-        0xde => (3, usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?))),
+        0xde => (
+            3,
+            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
+        ),
         0xdf => (
             5,
             u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
@@ -734,8 +758,7 @@ impl Enc {
                 && row_diff(old, new, &mut canon).is_some()
                 && canon.len() * 2 <= new.len()
             {
-                let diff = std::mem::take(&mut canon);
-                self.stored(&diff);
+                self.stored(&canon);
                 M_DIFF
             } else {
                 self.stored(new);
@@ -963,10 +986,7 @@ enum Src<'a> {
 
 /// Decodes the entries; with `only`, just that key's (stopping after them, and skipping the
 /// checks that need the whole segment).
-fn decode_entries(
-    bytes: &[u8],
-    only: Option<&[u8]>,
-) -> Result<Vec<SegmentEntry>, SegmentError> {
+fn decode_entries(bytes: &[u8], only: Option<&[u8]>) -> Result<Vec<SegmentEntry>, SegmentError> {
     let (info, raw) = snapshot::open_block(bytes, BlockKind::EventSegment)?;
     let p = parse_payload(&raw)?;
     let [mut flags_s, mut keys_s, mut seq_s, mut ord_s, mut ops_s, mut time_s, mut table_s, mut lens_s, mut raw_s] =
@@ -1018,11 +1038,7 @@ fn decode_entries(
         } else if i == 0 {
             return corrupt("the first entry does not start a key group");
         }
-        let seq_ref = if new_group {
-            seq_group_first
-        } else {
-            seq_prev
-        };
+        let seq_ref = if new_group { seq_group_first } else { seq_prev };
         let seq = seq_ref.wrapping_add(seq_s.zvarint()?);
         if new_group {
             seq_group_first = seq;
@@ -1416,7 +1432,11 @@ mod tests {
         let mut live: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
         let mut out = Vec::new();
         let mut seq: i64 = if rng.chance(10) { 1 } else { 1 << 33 };
-        let mut at: i64 = if rng.chance(20) { -5_000_000 } else { 820_000_000_000_000 };
+        let mut at: i64 = if rng.chance(20) {
+            -5_000_000
+        } else {
+            820_000_000_000_000
+        };
         let table_id = if rng.chance(50) { 16_384 } else { 7 };
         let new_key_value = |rng: &mut Rng| match rng.below(10) {
             0 => Value::Text(format!("k{}", rng.below(1000))),
@@ -1540,8 +1560,14 @@ mod tests {
     fn odd_entries() -> Vec<SegmentEntry> {
         let mut ev = Event::new(5, -1, 3, Op::Update);
         ev.key = Some(vec![Value::Int(1)]);
-        ev.old = Some(Row::new(vec![(1, Value::Int(1)), (2, Value::Text("a".into()))]));
-        ev.new = Some(Row::new(vec![(1, Value::Int(1)), (2, Value::Text("b".into()))]));
+        ev.old = Some(Row::new(vec![
+            (1, Value::Int(1)),
+            (2, Value::Text("a".into())),
+        ]));
+        ev.new = Some(Row::new(vec![
+            (1, Value::Int(1)),
+            (2, Value::Text("b".into())),
+        ]));
         let key = encode_key(&[Value::Int(1)]);
         let payload = rmp_serde::to_vec(&ev).unwrap();
         let f = split_event(&payload).unwrap();
@@ -1569,7 +1595,11 @@ mod tests {
         let all = vec![
             entry(1, 0, encode_frame(&ev)), // the frame's seq (5) is not the entry's
             entry(3, 0, with(0, &[0xcf, 0, 0, 0, 0, 0, 0, 0, 5])),
-            entry(4, 0, with(1, &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])),
+            entry(
+                4,
+                0,
+                with(1, &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            ),
             entry(5, 0, encode_frame(&ev)),
             entry(5, 1, with(2, &[0xce, 0, 0, 0, 3])),
             entry(5, 2, with(3, &[0xcc, 1])),
@@ -1634,7 +1664,10 @@ mod tests {
         assert_eq!((info.time_lo, info.time_hi), (time_lo, time_hi));
         assert_eq!(info.key_lo, entries[0].key);
         assert_eq!(info.key_hi, entries.last().unwrap().key);
-        assert_eq!(info.stored_len as usize, block.len() - snapshot::BLOCK_HEADER_LEN);
+        assert_eq!(
+            info.stored_len as usize,
+            block.len() - snapshot::BLOCK_HEADER_LEN
+        );
         assert_eq!(segment_info(&block).unwrap(), info);
         let hdr = check_block(&block).unwrap();
         assert_eq!(hdr.kind, BlockKind::EventSegment);
@@ -1661,7 +1694,10 @@ mod tests {
     fn round_trips_random_histories() {
         let mut modes = [0usize; 4];
         for seed in 1..=25u64 {
-            let entries = random_history(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 20 + 40 * seed as usize);
+            let entries = random_history(
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                20 + 40 * seed as usize,
+            );
             // generated frames are encode_frame's output for their events
             for e in entries.iter().take(50) {
                 assert_eq!(encode_frame(&decode_frame(&e.frame).unwrap()), e.frame);
@@ -1713,24 +1749,9 @@ mod tests {
         }]);
     }
 
-    /// 2k rows x (1 insert + 10 updates) of (id int, name text ~20 chars, amount numeric,
-    /// updated_at timestamptz, flag bool), as benches/core_segment.rs builds them.
-    fn bench_like(rows: i64, updates: i64) -> Vec<SegmentEntry> {
-        let row = |id: i64, v: i64| {
-            Row(vec![
-                (1, Value::Int(id)),
-                (2, Value::Text(format!("customer {id:07} v{v:02}"))),
-                (
-                    3,
-                    Value::Numeric(format!("{}.{:02}", 10 + (id * 7919 + v) % 99_990, id % 100)),
-                ),
-                (
-                    4,
-                    Value::TimestampTz(820_000_000_000_000 + id * 1_000_003 + v * 86_400_000_000),
-                ),
-                (5, Value::Bool((id + v) % 3 == 0)),
-            ])
-        };
+    /// `rows` x (1 insert + `updates` updates) of a table whose row `v`-th version `row(id, v)`
+    /// gives, in (key, seq) order; seqs and times as if every row were updated once per round.
+    fn history_of(rows: i64, updates: i64, row: impl Fn(i64, i64) -> Row) -> Vec<SegmentEntry> {
         let mut out = Vec::new();
         for round in 0..=updates {
             for id in 0..rows {
@@ -1756,11 +1777,56 @@ mod tests {
         out
     }
 
-    #[test]
-    fn bytes_per_event() {
-        let entries = bench_like(2_000, 10);
-        let target = 64 * 1024;
-        let mut b = SegmentBuilder::new(target);
+    /// (id int, name text ~20 chars, amount numeric, updated_at timestamptz, flag bool), as
+    /// benches/core_segment.rs builds them: every update changes every column but the id.
+    fn bench_like(rows: i64, updates: i64) -> Vec<SegmentEntry> {
+        history_of(rows, updates, |id, v| {
+            Row(vec![
+                (1, Value::Int(id)),
+                (2, Value::Text(format!("customer {id:07} v{v:02}"))),
+                (
+                    3,
+                    Value::Numeric(format!("{}.{:02}", 10 + (id * 7919 + v) % 99_990, id % 100)),
+                ),
+                (
+                    4,
+                    Value::TimestampTz(820_000_000_000_000 + id * 1_000_003 + v * 86_400_000_000),
+                ),
+                (5, Value::Bool((id + v) % 3 == 0)),
+            ])
+        })
+    }
+
+    /// A 20-column table (ints, texts, timestamps, numerics; ~350-byte heap rows) whose
+    /// updates change 4 columns.
+    fn wide_table(rows: i64, updates: i64) -> Vec<SegmentEntry> {
+        history_of(rows, updates, |id, v| {
+            let mut cols = vec![(1u16, Value::Int(id))];
+            for c in 2..=20u16 {
+                let ci = i64::from(c);
+                cols.push((
+                    c,
+                    match c % 4 {
+                        0 => Value::Text(format!(
+                            "column {c} of row {id}, {}",
+                            if c == 8 { v } else { 0 }
+                        )),
+                        1 => Value::Int(id * ci + if c == 9 { v * 13 } else { 0 }),
+                        2 => Value::TimestampTz(
+                            800_000_000_000_000 + id * 1000 + ci + if c == 6 { v << 20 } else { 0 },
+                        ),
+                        _ => Value::Numeric(format!("{}.{}", id + ci, if c == 3 { v } else { 5 })),
+                    },
+                ));
+            }
+            Row(cols)
+        })
+    }
+
+    /// Builds 64 KiB segments of `entries`, checks they decode to them, prints and returns the
+    /// stored bytes per event.
+    fn stored_bytes_per_event(what: &str, entries: &[SegmentEntry]) -> f64 {
+        let mut b = SegmentBuilder::new(64 * 1024);
         let mut segs: Vec<(Vec<u8>, SegmentInfo)> =
             entries.iter().filter_map(|e| b.push(e).unwrap()).collect();
         segs.extend(b.finish());
@@ -1770,25 +1836,39 @@ mod tests {
         let n = entries.len() as f64;
         let per_event = stored as f64 / n;
         eprintln!(
-            "{} events in {} segments: {:.1} frame+key bytes/event, {:.1} raw payload \
+            "{what}: {} events in {} segments: {:.1} frame+key bytes/event, {:.1} raw payload \
              bytes/event, {per_event:.2} stored bytes/event (block headers included)",
             entries.len(),
             segs.len(),
             frames as f64 / n,
             raw as f64 / n,
         );
-        assert!(per_event <= 0.3 * 80.0, "{per_event:.2} bytes per event");
         // the common case takes the compact paths
         for (block, _) in &segs {
             for f in flags_of(block) {
-                assert_eq!(f & (F_OPAQUE | F_SEQ_RAW | F_TIME_RAW | F_TABLE_RAW | F_OP_RAW), 0);
+                assert_eq!(
+                    f & (F_OPAQUE | F_SEQ_RAW | F_TIME_RAW | F_TABLE_RAW | F_OP_RAW),
+                    0
+                );
                 assert_eq!((f >> SH_KEY) & 3, M_DERIVED);
                 assert!(matches!((f >> SH_OLD) & 3, M_NIL | M_DERIVED), "{f:#x}");
             }
         }
-        let back: Vec<SegmentEntry> =
-            segs.iter().flat_map(|s| decode_segment(&s.0).unwrap()).collect();
+        let back: Vec<SegmentEntry> = segs
+            .iter()
+            .flat_map(|s| decode_segment(&s.0).unwrap())
+            .collect();
         assert!(back == entries);
+        per_event
+    }
+
+    #[test]
+    fn bytes_per_event() {
+        // goal: at most 0.3x the ~80-byte heap row of the bench table
+        let narrow = stored_bytes_per_event("bench table", &bench_like(2_000, 10));
+        assert!(narrow <= 0.3 * 80.0, "{narrow:.2} bytes per event");
+        let wide = stored_bytes_per_event("20-column table", &wide_table(1_000, 10));
+        assert!(wide <= 0.3 * 80.0, "{wide:.2} bytes per event");
     }
 
     #[test]
@@ -1940,7 +2020,10 @@ mod tests {
         ));
         let mut bad = entries[2].clone();
         bad.op = b's';
-        assert!(matches!(b.push(&bad), Err(SegmentError::BadOp { index: 2, .. })));
+        assert!(matches!(
+            b.push(&bad),
+            Err(SegmentError::BadOp { index: 2, .. })
+        ));
         for e in &entries[2..] {
             assert!(b.push(e).unwrap().is_none());
         }
@@ -2145,7 +2228,18 @@ mod tests {
 
     #[test]
     fn codecs() {
-        for v in [0i64, 1, -1, 63, -64, 64, i64::MAX, i64::MIN, 1 << 40, -(1 << 40)] {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            i64::MAX,
+            i64::MIN,
+            1 << 40,
+            -(1 << 40),
+        ] {
             assert_eq!(unzz(zz(v)), v);
             let mut b = Vec::new();
             put_varint(&mut b, zz(v));
@@ -2165,7 +2259,9 @@ mod tests {
             assert_eq!(b.len(), uint_len(u));
             assert_eq!(read_int(&b), Some(u.into()));
         }
-        for v in [-33i64, -128, -129, -32_768, -32_769, 127, 128, 255, 256, 65_535, 65_536] {
+        for v in [
+            -33i64, -128, -129, -32_768, -32_769, 127, 128, 255, 256, 65_535, 65_536,
+        ] {
             let mut b = Vec::new();
             put_int(&mut b, v);
             assert_eq!(b, rmp_serde::to_vec(&v).unwrap(), "{v}");
@@ -2191,47 +2287,5 @@ mod tests {
         assert_eq!(back, b);
         let c = rmp_serde::to_vec(&Row::new(vec![(1, Value::Int(1))])).unwrap();
         assert!(row_diff(&a, &c, &mut Vec::new()).is_none());
-    }
-}
-#[cfg(test)]
-mod tmp_wide {
-    use super::*;
-    use crate::event::Event;
-    use crate::frame::{encode_frame, encode_key};
-    use crate::row::Row;
-    use crate::value::Value;
-    #[test]
-    fn wide() {
-        let row = |id: i64, v: i64| {
-            let mut cols = vec![(1u16, Value::Int(id))];
-            for c in 2..=20u16 {
-                let val = match c % 4 {
-                    0 => Value::Text(format!("col{c} value for {id} {}", if c == 7 { v } else { 0 })),
-                    1 => Value::Int(id * c as i64 + if c == 9 { v * 13 } else { 0 }),
-                    2 => Value::TimestampTz(800_000_000_000_000 + id * 1000 + c as i64 + if c == 6 { v * 1_000_000 } else { 0 }),
-                    _ => Value::Numeric(format!("{}.{}", id + c as i64, if c == 3 { v } else { 5 })),
-                };
-                cols.push((c, val));
-            }
-            Row(cols)
-        };
-        let mut out = Vec::new();
-        let rows = 1000; let updates = 10;
-        for round in 0..=updates { for id in 0..rows {
-            let seq = round * rows + id + 1;
-            let mut e = Event::new(seq as u64, 820_000_000_000_000 + seq * 1000, 16_384, Op::Insert);
-            e.key = Some(vec![Value::Int(id)]);
-            if round > 0 { e.op = Op::Update; e.old = Some(row(id, round - 1)); }
-            e.new = Some(row(id, round));
-            out.push(SegmentEntry { seq, ord: 0, op: if round == 0 { b'i' } else { b'u' }, key: encode_key(e.key.as_ref().unwrap()), frame: encode_frame(&e) });
-        }}
-        out.sort_by(|a, b| (&a.key, a.seq, a.ord).cmp(&(&b.key, b.seq, b.ord)));
-        let mut b = SegmentBuilder::new(64 * 1024);
-        let mut segs: Vec<_> = out.iter().filter_map(|e| b.push(e).unwrap()).collect();
-        segs.extend(b.finish());
-        let stored: usize = segs.iter().map(|s| s.0.len()).sum();
-        let raw: usize = segs.iter().map(|s| s.1.raw_len as usize).sum();
-        let fr: usize = out.iter().map(|e| e.frame.len()).sum();
-        eprintln!("WIDE {} segs frame {:.1} raw {:.1} stored {:.2}", segs.len(), fr as f64 / out.len() as f64, raw as f64 / out.len() as f64, stored as f64 / out.len() as f64);
     }
 }
