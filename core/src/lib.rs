@@ -37,7 +37,7 @@ pub use segment::{
 };
 pub use snapshot::{
     check_block, decode_snapshot_block, encode_snapshot_block, encode_snapshot_block_with,
-    split_into_blocks, BlockError, BlockInfo, BlockKind, BlockSplitter, Codec,
+    split_into_blocks, BlockError, SnapshotCursor, BlockInfo, BlockKind, BlockSplitter, Codec,
     BLOCK_FORMAT_VERSION, BLOCK_HEADER_LEN, BLOCK_MAGIC,
 };
 pub use txbuf::{Endpoint, TableChanges, TxBuf, TxBufError};

@@ -223,6 +223,9 @@ struct Inner {
     /// snapshot blocks still to decode (when the state is a snapshot as stored)
     blocks: std::collections::VecDeque<Vec<u8>>,
     blocks_seq: i64,
+    /// the snapshot block being read, row by row into `row_buf`
+    cursor: Option<driftdb_core::SnapshotCursor>,
+    row_buf: Row,
     versions: Option<std::vec::IntoIter<driftdb_core::Version>>,
     /// the table's descriptor (versions mode: for the data column)
     desc: pg_sys::TupleDesc,
@@ -247,7 +250,7 @@ unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut
     let first = if mode == MODE_VERSIONS { 2 } else { 1 };
     let relid = if mode == MODE_VERSIONS { pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32) } else { pg_sys::InvalidOid };
     let attnums = (first..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
-    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, blocks: Default::default(), blocks_seq: 0, versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
+    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, blocks: Default::default(), blocks_seq: 0, cursor: None, row_buf: Row(Vec::new()), versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
     s as *mut pg_sys::Node
 }
 
@@ -374,11 +377,22 @@ unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::T
     let st = inner(node);
     let row = loop {
         if let Some(r) = st.rows.as_mut().unwrap().next() {
-            break r;
+            st.row_buf = r;
+            break &st.row_buf;
         }
-        // the next snapshot block, decoded only now
+        // a stored snapshot: its blocks are decoded one row at a time, into one reused row
+        if let Some(c) = st.cursor.as_mut() {
+            match c.next_into(&mut st.row_buf) {
+                Ok(true) => break &st.row_buf,
+                Ok(false) => st.cursor = None,
+                Err(e) => super::reader::corrupted(format!("snapshot block of seq {}: {e}", st.blocks_seq)),
+            }
+        }
         let Some(b) = st.blocks.pop_front() else { return slot };
-        st.rows = Some(super::reader::decode_block(&b, st.blocks_seq).into_iter());
+        st.cursor = Some(
+            driftdb_core::SnapshotCursor::open(&b)
+                .unwrap_or_else(|e| super::reader::corrupted(format!("snapshot block of seq {}: {e}", st.blocks_seq))),
+        );
     };
     let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
     let values = std::slice::from_raw_parts_mut((*slot).tts_values, natts);
@@ -386,7 +400,7 @@ unsafe extern "C-unwind" fn access(ss: *mut pg_sys::ScanState) -> *mut pg_sys::T
     // datums live in the per-tuple context, which ExecScan resets before the next fetch
     let econtext = (*node).ss.ps.ps_ExprContext;
     let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
-    st.decoder.as_mut().unwrap().decode_into(&row, values, nulls);
+    st.decoder.as_mut().unwrap().decode_into(row, values, nulls);
     pg_sys::MemoryContextSwitchTo(old);
     (*slot).tts_tableOid = (*(*ss).ss_currentRelation).rd_id;
     pg_sys::ExecStoreVirtualTuple(slot)
@@ -444,6 +458,7 @@ unsafe extern "C-unwind" fn end(node: *mut pg_sys::CustomScanState) {
 unsafe extern "C-unwind" fn rescan(node: *mut pg_sys::CustomScanState) {
     inner(node).rows = None;
     inner(node).blocks.clear();
+    inner(node).cursor = None;
     inner(node).versions = None;
 }
 
