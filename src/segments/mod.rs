@@ -192,12 +192,24 @@ pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64) -> Vec<(i6
     let dir = directory(cat, table_id);
     let mut out = Vec::new();
     for l in dir.iter().filter(|l| l.may_hold_key(key) && l.seq_lo <= hi) {
-        let es = entries(cat, table_id, l);
-        // entries are sorted by (key, seq, ord): the key's run starts at the partition point
-        let start = es.partition_point(|e| e.key.as_slice() < key);
-        for e in es[start..].iter().take_while(|e| e.key == key) {
+        let mut take = |e: &SegmentEntry| {
             if e.seq <= hi {
                 out.push((e.seq, e.ord, e.op, e.frame.clone()));
+            }
+        };
+        match DECODED.with(|c| c.borrow().iter().find(|(h, _)| *h == l.hash).map(|(_, e)| e.clone())) {
+            Some(es) => {
+                // entries are sorted by (key, seq, ord): the key's run starts at the partition point
+                let start = es.partition_point(|e| e.key.as_slice() < key);
+                es[start..].iter().take_while(|e| e.key == key).for_each(&mut take);
+            }
+            None => {
+                // decode only this key's entries (the others are skipped, not built)
+                let data = link_data(cat, table_id, l.seg_id);
+                driftdb_core::decode_segment_key(&data, key)
+                    .unwrap_or_else(|err| corrupted(format!("segment {} (seqs {}..{}): {err}", l.seg_id, l.seq_lo, l.seq_hi)))
+                    .iter()
+                    .for_each(&mut take);
             }
         }
     }
