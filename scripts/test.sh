@@ -30,7 +30,7 @@ tier_regress() {
     bash "$ROOT/tests/pg_regress/run.sh"      # same golden files, pg_regress as the server's user
   else
     unlink_so
-    (cd "$ROOT" && cargo pgrx regress pg15 --resetdb --postgresql-conf "shared_preload_libraries='driftdb'")
+    (cd "$ROOT" && cargo pgrx regress pg15 --resetdb --postgresql-conf "shared_preload_libraries='driftdb'" --postgresql-conf "driftdb.maintenance_naptime=0")
   fi
 }
 tier_pytest()  { (cd "$ROOT" && "$VENV/bin/pytest" -q -p no:cacheprovider tests/integration); }

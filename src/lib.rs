@@ -26,6 +26,7 @@ pub mod api;
 pub mod error;
 pub mod history;
 pub mod hooks;
+pub mod maint;
 pub mod preload;
 pub mod segments;
 pub mod timetravel;
@@ -42,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     hooks::init();
     timetravel::init();
     segments::init();
+    maint::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -58,6 +60,6 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'driftdb'", "max_prepared_transactions = 5"]
+        vec!["shared_preload_libraries = 'driftdb'", "max_prepared_transactions = 5", "driftdb.maintenance_naptime = 0"]
     }
 }

@@ -38,6 +38,7 @@ BENCH_CONF=(
   "max_connections = 50"
   "log_min_messages = warning"
   "log_checkpoints = on"
+  "driftdb.maintenance_naptime = 0"   # no background compaction/snapshots inside a measurement
 )
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

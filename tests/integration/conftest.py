@@ -64,6 +64,9 @@ DEFAULT_CONF = [
     "shared_buffers = 64MB",
     "log_min_messages = warning",
     "log_line_prefix = '%m [%p] %d '",
+    # no background maintenance rounds: driftdb.maintain() would compact/snapshot/expire history
+    # under the tests' feet (test_maintenance_worker.py turns them on in clusters of its own)
+    "driftdb.maintenance_naptime = 0",
 ]
 
 

@@ -44,7 +44,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # max_prepared_transactions: specs/prepared.spec
-"$ROOT/scripts/pgcluster.sh" start "$DATA" "$PORT" "max_prepared_transactions = 5" "timezone = 'UTC'"
+"$ROOT/scripts/pgcluster.sh" start "$DATA" "$PORT" "max_prepared_transactions = 5" "timezone = 'UTC'" "driftdb.maintenance_naptime = 0"
 
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then

@@ -20,7 +20,7 @@ chmod 777 "$OUT"
 
 cleanup() { "$ROOT/scripts/pgcluster.sh" stop "$DATA" || true; rm -rf "$DATA" "$DATA.initdb.log"; }
 trap cleanup EXIT
-"$ROOT/scripts/pgcluster.sh" start "$DATA" "$PORT" "max_prepared_transactions = 5" "timezone = 'UTC'"
+"$ROOT/scripts/pgcluster.sh" start "$DATA" "$PORT" "max_prepared_transactions = 5" "timezone = 'UTC'" "driftdb.maintenance_naptime = 0"
 
 tests=(setup)
 for f in "$HERE"/sql/*.sql; do

@@ -155,7 +155,7 @@ start_server() { # name preload
     echo "fsync = off"
     echo "logging_collector = off"
     echo "log_line_prefix = '%m [%p] %d/%a '"
-    if [ -n "$preload" ]; then echo "shared_preload_libraries = '$preload'"; fi
+    if [ -n "$preload" ]; then echo "shared_preload_libraries = '$preload'"; echo "driftdb.maintenance_naptime = 0"; fi
   } >> "$d/data/postgresql.conf"
   running+=("$d/data")
   # RUST_BACKTRACE=1 (set in some shells) makes pgrx append "DETAIL: <backtrace>" to every error
