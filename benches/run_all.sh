@@ -6,18 +6,19 @@
 #   benches/run_all.sh --quick    smoke check: small sizes, one 2-second run each (~5 minutes);
 #                                 proves everything runs, the numbers are only indicative
 #   --out FILE                    write the markdown somewhere else
-#   --only "tpcb single_row copy reads time_travel"   run a subset
+#   --only "tpcb single_row copy reads time_travel segments"   run a subset
 #   --render FILE.tsv             no benchmarks: re-render the markdown from a results TSV
 #
 # Each benchmark starts and stops its own throwaway cluster; see benches/README.md for what they
 # measure and how to read the ratios (throughput relative to plain heap in the same run; for
-# time_travel: latency as a multiple of the same system's current-state read, see the README).
+# time_travel: latency as a multiple of the same system's current-state read; for segments: per
+# row, see the README).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/sql/lib.sh"
 trap - EXIT
 
-MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row copy reads time_travel" RENDER=
+MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row copy reads time_travel segments" RENDER=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick; shift ;;
@@ -36,12 +37,14 @@ if [ "$MODE" = quick ]; then
   COPY=(--rows 100000 --runs 1)
   READS=(--rows 100000 --clients 2 --time 2 --runs 1)
   TT=(--rows 5000 --updates 10 --depth-factor 10 --time 2 --runs 1)
+  SEG=(--rows 10000 --updates 5 --time 2 --runs 1)
 else
   TPCB=(--scale 10 --clients 2 --time 20 --runs 3 --sync-commit both)
   SINGLE=(--rows 100000 --clients 2 --time 15 --runs 3 --sync-commit both)
   COPY=(--rows 1000000 --runs 3)
   READS=(--rows 1000000 --clients 2 --time 15 --runs 3)
   TT=(--rows 100000 --updates 10 --depth-factor 10 --time 5 --runs 3)
+  SEG=(--rows 100000 --updates 10 --time 10 --runs 3)
 fi
 
 mkdir -p "$(dirname "$OUT")"
@@ -82,13 +85,15 @@ for b in $ONLY; do
     copy)       run "copy" "$HERE/sql/copy_1m.sh" "${COPY[@]}" ;;
     reads)      run "reads" "$HERE/sql/reads.sh" "${READS[@]}" ;;
     time_travel) run "time_travel" "$HERE/sql/time_travel.sh" "${TT[@]}" ;;
+    segments)   run "segments" "$HERE/sql/segments.sh" "${SEG[@]}" ;;
     *) die "unknown benchmark $b" ;;
   esac
 done
 TOTAL=$((SECONDS - T0))
 
 # ---- markdown -------------------------------------------------------------------------------------
-# one results table; -v tt=1 selects the time-travel rows (bench "time travel: ..."), tt=0 the others
+# one results table; -v grp=tt selects the time-travel rows (bench "time travel: ..."), grp=seg the
+# compaction rows (bench "segments: ..."), grp=main the others
 TABLE_AWK='
     function spread(csv,   n, a, i, j, t, m, q, v) {
       n = split(csv, a, ","); j = 0
@@ -100,13 +105,13 @@ TABLE_AWK='
     }
     function f(x) { if (x !~ /^[0-9.]+$/) return x; if (x >= 100) return sprintf("%.0f", x);
                     if (x >= 10) return sprintf("%.1f", x); return sprintf("%.3f", x) }
-    (($1 ~ /^time travel: /) != tt) { next }
+    { g = ($1 ~ /^time travel: /) ? "tt" : ($1 ~ /^segments: /) ? "seg" : "main"; if (g != grp) next }
     { k = $1 "\t" $2; if (!(k in seen)) { seen[k] = 1; order[++n] = k; unit[k] = $5 }
       med[k, $3] = $4; rat[k, $3] = $6; runs[k, $3] = $7 }
     END {
       for (i = 1; i <= n; i++) {
         k = order[i]; split(k, p, "\t")
-        lbl = p[1]; if (tt) sub(/^time travel: /, "", lbl)
+        lbl = p[1]; sub(/^(time travel|segments): /, "", lbl)
         printf "| %s | %s | %s", lbl, p[2], unit[k]
         for (s = 1; s <= 3; s++) { sys = (s == 1 ? "heap" : s == 2 ? "driftdb" : "periods")
           printf " | %s", ((k, sys) in med) ? f(med[k, sys]) : "—" }
@@ -134,7 +139,7 @@ TABLE_AWK='
   echo "- cluster settings: fsync=${DRIFTDB_FSYNC:-on}, wal_level=logical, $(printf '%s, ' "${BENCH_CONF[@]}" | sed 's/ = /=/g; s/, $//')"
   fi
   echo
-  if awk -F'\t' '$1 !~ /^time travel: / { f = 1 } END { exit !f }' "$TSV"; then
+  if awk -F'\t' '$1 !~ /^(time travel|segments): / { f = 1 } END { exit !f }' "$TSV"; then
   echo "Each cell: median of the runs (unit in the Unit column). **Ratio = throughput relative to plain heap"
   echo "measured in the same run**: 1.00 = as fast as heap, 0.50 = half as fast, > 1 = faster (noise, or a"
   echo "real difference). Systems were interleaved run by run (heap, driftdb, periods, heap, ...)."
@@ -144,7 +149,7 @@ TABLE_AWK='
   echo
   echo "| Benchmark | Settings | Unit | heap | driftdb | periods | driftdb / heap | periods / heap | spread heap / driftdb / periods |"
   echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
-  awk -F'\t' -v tt=0 "$TABLE_AWK" "$TSV"
+  awk -F'\t' -v grp=main "$TABLE_AWK" "$TSV"
   echo
   fi
   if grep -q '^time travel: ' "$TSV"; then
@@ -158,7 +163,28 @@ TABLE_AWK='
   echo
   echo "| Query | Settings | Unit | heap | driftdb | periods | driftdb × own baseline | periods × own baseline | spread heap / driftdb / periods |"
   echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
-  awk -F'\t' -v tt=1 "$TABLE_AWK" "$TSV"
+  awk -F'\t' -v grp=tt "$TABLE_AWK" "$TSV"
+  echo
+  fi
+  if grep -q '^segments: ' "$TSV"; then
+  echo "## History compaction (benches/sql/segments.sh)"
+  echo
+  echo "driftdb.compact() packs a table's events into compressed segments. The **ratio** depends on the row:"
+  echo "- *history bytes per version*: bytes per row version ÷ the heap table's bytes per row (pg_table_size / rows"
+  echo "  of the same table after the same updates and VACUUM) — **lower is better**; target driftdb compacted ≤ 0.3."
+  echo "  \"compacted\" = driftdb.segments + driftdb.events after compact('0s'), VACUUM and REINDEX of driftdb.events;"
+  echo "  \"before REINDEX\" = the same right after compact + VACUUM (the events indexes still hold their emptied pages);"
+  echo "  periods = its t_history incl. index ÷ (rows × updates)."
+  echo "- *compaction throughput*: compact()'s raw bytes (MB = 10^6 B) or events per second of compaction; no ratio."
+  echo "- *single-row UPDATE*: TPS on the driftdb table; ratio = TPS while a compaction runs ÷ TPS alone (median of"
+  echo "  per-run ratios) — **higher is better**, 1.00 = unaffected."
+  echo "- *full AS OF read*: latency ÷ a plain heap table's full read (heap column) — **lower is better**, target ≤ 3."
+  echo "- *AS OF PK lookup*: latency ÷ the same database's current PK lookup — lower is better (informative)."
+  echo "- *..., uncompacted*: the same AS OF read on an uncompacted copy of the same history (what compaction changes)."
+  echo
+  echo "| Measure | Settings | Unit | heap | driftdb | periods | driftdb ratio | periods ratio | spread heap / driftdb / periods |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|"
+  awk -F'\t' -v grp=seg "$TABLE_AWK" "$TSV"
   echo
   fi
   echo "<details><summary>per-run values</summary>"

@@ -49,7 +49,9 @@ pub unsafe fn store(cat: &Catalog, src: &Source, seq: i64, rows: &[Row]) -> bool
     blocks.extend(splitter.finish());
     let mut w = Writer::open(cat.snapshots);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb snapshot write");
+    let mut progress = crate::segments::compact::Progress::new(format!("driftdb snapshot of {}", super::srf::rel_name(src.relid)));
     for (i, b) in blocks.iter().enumerate() {
+        progress.tick(i as f64 / blocks.len() as f64, || format!("{i} of {} blocks written", blocks.len()));
         let nrows = driftdb_core::check_block(b).map_or(0, |info| info.row_count as i32);
         tmp.switch_to(|_| {
             let mut values = [
