@@ -163,6 +163,22 @@ impl Source {
         }
     }
 
+    /// Refuse a change feed from a seq whose following changes were purged (they would be
+    /// partial).
+    pub fn check_changes_after(&self, after: i64) {
+        if let Some(i) = self.info.as_ref().filter(|i| i.history_purged && after < i.history_start_seq) {
+            // SAFETY: syscache lookup of an open relation's name
+            let name = unsafe { super::srf::rel_name(self.relid) };
+            DriftError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("the changes of table \"{name}\" after seq {after} are incomplete: its history before seq {} was purged", i.history_start_seq),
+            )
+            .detail("History before the purge horizon is gone: the changes returned would be incomplete.")
+            .hint(format!("Read the state at seq {} with driftdb.as_of, then the changes after it.", i.history_start_seq))
+            .raise();
+        }
+    }
+
     /// The whole table at `seq` (a settled seq): the newest snapshot at or below it, plus the
     /// events after the snapshot. When no event follows the snapshot, its stored blocks are
     /// returned undecoded (`Rows::Blocks`), so that a scan decodes one block at a time instead
@@ -300,11 +316,13 @@ impl Source {
     }
 
     /// Every committed change up to `settled`, in seq order: (seq, committed_at, op, old, new).
-    pub fn changes(&self, settled: i64, mut f: impl FnMut(i64, i64, Op, Option<Row>, Option<Row>)) {
+    /// With `after`, only the changes with seq > after (read from there on).
+    pub fn changes(&self, after: Option<i64>, settled: i64, mut f: impl FnMut(i64, i64, Op, Option<Row>, Option<Row>)) {
         let Some(info) = &self.info else { return };
         // after a purge, the changes from the horizon on (what survived below it is the state
         // at the horizon, not the changes that led there)
         let from = if info.history_purged { info.history_start_seq } else { 0 };
+        let from = from.max(after.unwrap_or(0));
         reader::events_between(&self.cat, info.table_id, from, settled, |e| {
             if e.op != Op::Schema {
                 f(e.seq as i64, e.committed_at, e.op, e.old, e.new);

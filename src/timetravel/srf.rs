@@ -232,12 +232,23 @@ pg_function_info_v1!(pg_finfo_driftdb_changes);
 #[pg_guard]
 pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     let mut call = HistoryCall::open(fcinfo, "changes", Point::Seq(i64::MAX));
+    // changes(tbl, after_seq): the change feed from a seq on
+    let after = if (*fcinfo).nargs >= 2 {
+        if arg_null(fcinfo, 1) {
+            DriftError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "after_seq must not be NULL").hint("Pass 0 to read every change.").raise();
+        }
+        let after = arg(fcinfo, 1).value() as i64;
+        call.src.check_changes_after(after);
+        Some(after)
+    } else {
+        None
+    };
     let (store, out) = materialize(fcinfo);
     let desc = (*call.rel).rd_att;
     let mut who = super::reader::CommitterCache::new(&call.cat);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb changes");
     let dec = &mut call.dec;
-    call.src.changes(call.seq, |seq, at, op, old, new| {
+    call.src.changes(after, call.seq, |seq, at, op, old, new| {
         let by = who.get(seq);
         tmp.switch_to(|_| {
             let mut values = [
@@ -277,6 +288,11 @@ CREATE FUNCTION driftdb.changes(tbl anyelement,
     OUT operation text, OUT old_data anyelement, OUT new_data anyelement) RETURNS SETOF record
 LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 1000 AS 'MODULE_PATHNAME', 'driftdb_changes';
 COMMENT ON FUNCTION driftdb.changes(anyelement) IS 'every committed change (INSERT, UPDATE, DELETE, TRUNCATE) in seq order: the audit trail and change feed; call as driftdb.changes(NULL::t)';
+CREATE FUNCTION driftdb.changes(tbl anyelement, after_seq bigint,
+    OUT seq bigint, OUT committed_at timestamptz, OUT committed_by text,
+    OUT operation text, OUT old_data anyelement, OUT new_data anyelement) RETURNS SETOF record
+LANGUAGE c STABLE PARALLEL RESTRICTED ROWS 1000 AS 'MODULE_PATHNAME', 'driftdb_changes';
+COMMENT ON FUNCTION driftdb.changes(anyelement, bigint) IS 'the committed changes with seq > after_seq, in seq order (a change feed: pass the last seq you processed); fails if history after after_seq was purged';
 "#,
     name = "timetravel_functions",
     requires = ["history"]

@@ -50,6 +50,10 @@ SELECT digest = :'digest_before' AS digest_unchanged FROM driftdb.digest('ledger
 SELECT seq_start - :s0 AS seq_start, seq_end - :s0 AS seq_end, (v.data).amount
   FROM driftdb.versions(NULL::ledger) v WHERE (v.data).id = 1 ORDER BY seq_start;
 SELECT min(seq) - :s0 AS first_change FROM driftdb.changes(NULL::ledger);
+-- a change feed from a seq: after the horizon fine, from before it refused (it would be partial)
+SELECT seq - :s0 AS seq, operation, count(*) FROM driftdb.changes(NULL::ledger, :s0 + 4) GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(*) FROM driftdb.changes(NULL::ledger, :s0 + 1);
+SELECT count(*) FROM driftdb.changes(NULL::ledger, NULL);
 SELECT item, ok FROM driftdb.verify('ledger');
 
 -- erasure of a deleted row's history
