@@ -2,7 +2,7 @@
 # run_all.sh — run every SQL-level benchmark (benches/sql/*.sh) and write a markdown summary to
 # benches/results/latest.md (and stdout); raw numbers go to benches/results/latest.tsv.
 #
-#   benches/run_all.sh            full mode: the benchmarks' defaults (~50 minutes on 2 cores)
+#   benches/run_all.sh            full mode: the benchmarks' defaults (~60 minutes on 2 cores)
 #   benches/run_all.sh --quick    smoke check: small sizes, one 2-second run each (~5 minutes);
 #                                 proves everything runs, the numbers are only indicative
 #   --out FILE                    write the markdown somewhere else

@@ -106,6 +106,7 @@ CREATE TABLE driftdb.segments (
     hash       bytea NOT NULL,
     data       bytea NOT NULL,
     nversions  integer NOT NULL DEFAULT 0, -- events that wrote a row version (insert, update)
+    nmarkers   integer NOT NULL DEFAULT 0, -- moved-key markers among the nevents entries
     PRIMARY KEY (table_id, seg_id)
 ) USING heap;
 ALTER TABLE driftdb.segments ALTER COLUMN data SET STORAGE EXTERNAL;

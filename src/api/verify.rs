@@ -86,6 +86,24 @@ fn verify(
         if let Some(i) = info.as_ref().filter(|i| i.history_purged) {
             replay.set_base_upto(i.history_start_seq as u64);
         }
+        // 4. the chain first, read uncached: a damaged segment is reported here, by link,
+        // instead of failing the event scan below
+        let mut chain_ok = true;
+        if let Some(id) = id.filter(|&id| crate::segments::head_seg_id(&cat, id) > 0) {
+            report.push(match crate::segments::chain::verify_chain(&cat, id) {
+                Ok(s) => ("chain".into(), true, s),
+                Err(e) => {
+                    chain_ok = false;
+                    ("chain".into(), false, e)
+                }
+            });
+        }
+        if !chain_ok {
+            for item in ["frames", "replay", "live"] {
+                report.push((item.into(), false, "not checked: the chain is broken (see the chain item)".into()));
+            }
+            return TableIterator::new(report);
+        }
         let (mut frames, mut bad_frames, mut first_bad, mut replay_err) = (0u64, 0u64, None, None);
         if let Some(id) = id {
             scan_events(&cat, id, snapshot, |seq, ord, op, bytes| {
@@ -113,12 +131,6 @@ fn verify(
                         }
                     }
                 }
-            });
-        }
-        if let Some(id) = id.filter(|&id| crate::segments::head_seg_id(&cat, id) > 0) {
-            report.push(match crate::segments::chain::verify_chain(&cat, id) {
-                Ok(s) => ("chain".into(), true, s),
-                Err(e) => ("chain".into(), false, e),
             });
         }
         report.push(match &first_bad {

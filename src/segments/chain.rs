@@ -96,7 +96,7 @@ pub fn fold(cat: &Catalog, table_id: i32, from: i64, upto: i64, anchor: Hash, sn
 
 /// Check every link of the table's chain. Ok: a summary; Err: the first break.
 pub fn verify_chain(cat: &Catalog, table_id: i32) -> Result<String, String> {
-    let dir = directory(cat, table_id);
+    let dir = super::load_links(cat, table_id);
     // seg_id → hash of links removed by purges and erasures
     let mut removed: HashMap<i64, Vec<u8>> = HashMap::new();
     let mut datas: Vec<Vec<u8>> = Vec::with_capacity(dir.len());

@@ -133,7 +133,7 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
             head += 1;
             prev_hash = append_link(cat, table_id, head, super::SEGMENT, Some(&info), &prev_hash, &data);
             out.segments += 1;
-            out.events += info.nevents as i64;
+            out.events += info.nevents as i64; // rows moved (moved-key markers included)
             out.raw_bytes += info.raw_len as i64;
             out.stored_bytes += data.len() as i64;
             out.seq_lo = Some(out.seq_lo.map_or(info.seq_lo, |s: i64| s.min(info.seq_lo)));

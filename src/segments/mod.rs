@@ -62,6 +62,7 @@ pub struct Link {
     pub key_hi: Vec<u8>,
     pub time_lo: i64,
     pub time_hi: i64,
+    /// Entries, moved-key markers included.
     pub nevents: i32,
     pub raw_bytes: i32,
     pub created_at: i64,
@@ -118,6 +119,13 @@ pub fn directory(cat: &Catalog, table_id: i32) -> Directory {
     if let Some(d) = DIRS.with(|c| c.borrow().get(&table_id).filter(|e| e.0 == cat.segments && e.1 == head).map(|e| e.2.clone())) {
         return d;
     }
+    let d = Rc::new(load_links(cat, table_id));
+    DIRS.with(|c| c.borrow_mut().insert(table_id, (cat.segments, head, d.clone())));
+    d
+}
+
+/// The table's links in chain order, read now (the doctor trusts no cache).
+pub fn load_links(cat: &Catalog, table_id: i32) -> Vec<Link> {
     let mut links = Vec::new();
     // SAFETY: catalog-style read of driftdb.segments; the data column (15) is not touched.
     unsafe {
@@ -142,9 +150,7 @@ pub fn directory(cat: &Catalog, table_id: i32) -> Directory {
             true
         });
     }
-    let d = Rc::new(links);
-    DIRS.with(|c| c.borrow_mut().insert(table_id, (cat.segments, head, d.clone())));
-    d
+    links
 }
 
 /// The stored data of link `seg_id`.
@@ -187,14 +193,20 @@ pub fn entries(cat: &Catalog, table_id: i32, link: &Link) -> Rc<Vec<SegmentEntry
     e
 }
 
-/// One key's compacted events with seq ≤ `hi`, newest first: (seq, ord, op, frame).
-pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64) -> Vec<(i64, i32, u8, Vec<u8>)> {
+/// One key's compacted events with seq ≤ `hi`, newest first: `f(seq, ord, op, frame)` until
+/// it returns false. The segments that may hold the key are read newest first (by seq_hi), and
+/// only as far as needed: a lookup of the key's newest event decodes one segment when that
+/// one has it.
+pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: impl FnMut(i64, i32, u8, &[u8]) -> bool) {
     let dir = directory(cat, table_id);
-    let mut out = Vec::new();
-    for l in dir.iter().filter(|l| l.may_hold_key(key) && l.seq_lo <= hi) {
+    let mut links: Vec<&Link> = dir.iter().filter(|l| l.may_hold_key(key) && l.seq_lo <= hi).collect();
+    links.sort_by(|a, b| b.seq_hi.cmp(&a.seq_hi));
+    // entries found and not yet passed on, newest last (so that pop() gives the newest)
+    let mut pending: Vec<(i64, i32, u8, Vec<u8>)> = Vec::new();
+    for (i, l) in links.iter().enumerate() {
         let mut take = |e: &SegmentEntry| {
             if e.seq <= hi {
-                out.push((e.seq, e.ord, e.op, e.frame.clone()));
+                pending.push((e.seq, e.ord, e.op, e.frame.clone()));
             }
         };
         match DECODED.with(|c| c.borrow().iter().find(|(h, _)| *h == l.hash).map(|(_, e)| e.clone())) {
@@ -212,13 +224,25 @@ pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64) -> Vec<(i6
                     .for_each(&mut take);
             }
         }
+        pending.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // what is newer than every segment still to read can be passed on now
+        let bound = links.get(i + 1).map_or(i64::MIN, |n| n.seq_hi);
+        while pending.last().is_some_and(|e| e.0 > bound) {
+            let (seq, ord, op, frame) = pending.pop().expect("checked");
+            if !f(seq, ord, op, &frame) {
+                return;
+            }
+        }
     }
-    out.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
-    out
+    while let Some((seq, ord, op, frame)) = pending.pop() {
+        if !f(seq, ord, op, &frame) {
+            return;
+        }
+    }
 }
 
 /// Holds the share lock on a table's chain for the life of a seq-ordered read.
-struct StreamLock {
+pub struct StreamLock {
     cat: Catalog,
     table_id: i32,
 }
@@ -242,6 +266,17 @@ impl Drop for StreamLock {
             pg_sys::UnlockDatabaseObject(self.cat.segments, pg_sys::Oid::from(self.table_id as u32), 1, pg_sys::AccessShareLock as i32)
         };
     }
+}
+
+/// Take the share lock on a table's chain for a read that must see one state of its history
+/// throughout (registration, snapshots, events): held until dropped. Invalidation messages are
+/// processed once it is held, so cached registrations reflect every chain change committed
+/// before (a purge moves the history start).
+pub fn read_lock(cat: &Catalog, table_id: i32) -> StreamLock {
+    let l = StreamLock::take(cat, table_id);
+    // SAFETY: processing pending invalidation messages, as acquiring a relation lock does.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    l
 }
 
 /// Serialize chain writers of one table (compaction, purge, erasure): held to transaction end.
@@ -270,6 +305,9 @@ pub fn for_each_event(
     markers: bool,
     mut f: impl FnMut(i64, i32, u8, Option<&[u8]>, &[u8]) -> bool,
 ) {
+    if lo >= hi {
+        return; // e.g. a read at exactly a snapshot's seq: no segment needs decoding
+    }
     let _lock = StreamLock::take(cat, table_id);
     let dir = directory(cat, table_id);
     let mut segs = SegStream::new(cat, table_id, &dir, lo, hi, markers);
@@ -391,7 +429,7 @@ pub fn append_link(cat: &Catalog, table_id: i32, seg_id: i64, kind: u8, info: Op
     let hash = driftdb_core::chain_hash(&prev, data).to_vec();
     let mut w = catalog::Writer::open(cat.segments);
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb segment write");
-    // SAFETY: datums built in a short-lived context for one insert of driftdb.segments' 16
+    // SAFETY: datums built in a short-lived context for one insert of driftdb.segments' 17
     // columns, in table order (sql/bootstrap.sql).
     unsafe {
         tmp.switch_to(|_| {
@@ -419,12 +457,14 @@ pub fn append_link(cat: &Catalog, table_id: i32, seg_id: i64, kind: u8, info: Op
                 hash.as_slice().into_datum().unwrap(),
                 data.into_datum().unwrap(),
             ];
-            let nversions = match info {
-                Some(_) => driftdb_core::decode_segment(data).map_or(0, |es| es.iter().filter(|e| matches!(e.op, b'i' | b'u')).count() as i32),
-                None => 0,
+            let count = |es: &[SegmentEntry], ops: &[u8]| es.iter().filter(|e| ops.contains(&e.op)).count() as i32;
+            let (nversions, nmarkers) = match info {
+                Some(_) => driftdb_core::decode_segment(data).map_or((0, 0), |es| (count(&es, b"iu"), count(&es, b"m"))),
+                None => (0, 0),
             };
-            let mut values: Vec<pg_sys::Datum> = values.into_iter().chain([pg_sys::Datum::from(nversions)]).collect();
-            let mut nulls = [false; 16];
+            let mut values: Vec<pg_sys::Datum> =
+                values.into_iter().chain([pg_sys::Datum::from(nversions), pg_sys::Datum::from(nmarkers)]).collect();
+            let mut nulls = [false; 17];
             for i in [3, 4, 5, 6, 7, 8] {
                 nulls[i] = info.is_none();
             }

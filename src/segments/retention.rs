@@ -174,7 +174,12 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
             (b't', _) => truncates.push(seq),
             (b's', _) => {}
             (_, Some(k)) => {
-                latest.insert(k.to_vec(), (seq, ord, op));
+                // within one seq, an event that wrote the key's image wins over one that took a
+                // row away from it (a row left the key and another arrived in one transaction)
+                let keep_old = latest.get(k).is_some_and(|&(s, _, o)| s == seq && matches!(o, b'i' | b'u') && !matches!(op, b'i' | b'u'));
+                if !keep_old {
+                    latest.insert(k.to_vec(), (seq, ord, op));
+                }
             }
             (_, None) => keyless = true,
         }
@@ -192,9 +197,10 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
     }
     let last_truncate = truncates.last().copied();
     // survivors: the newest event per key, if it left the row in place and no TRUNCATE followed
+    // (a TRUNCATE comes first in its transaction: rows written in its seq survive it)
     let survivors: HashSet<(i64, i32)> = latest
         .values()
-        .filter(|(seq, _, op)| matches!(op, b'i' | b'u') && last_truncate.is_none_or(|t| t < *seq))
+        .filter(|(seq, _, op)| matches!(op, b'i' | b'u') && last_truncate.is_none_or(|t| t <= *seq))
         .map(|(s, o, _)| (*s, *o))
         .collect();
     let drop = |seq: i64, ord: i32, op: u8, _key: Option<&[u8]>| seq <= horizon && op != b's' && !survivors.contains(&(seq, ord));

@@ -41,7 +41,7 @@ SELECT t.relid AS table_name,
           FROM driftdb.events ev WHERE ev.table_id = t.table_id) e ON true
   LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE sg.kind = 's') AS segments,
-               sum(sg.nevents) AS events, sum(sg.nversions) AS versions,
+               sum(sg.nevents - sg.nmarkers) AS events, sum(sg.nversions) AS versions,
                sum(sg.raw_bytes) FILTER (WHERE sg.kind = 's') AS raw_bytes,
                sum(pg_catalog.pg_column_size(sg.*)) AS stored_bytes,
                min(sg.seq_lo) AS oldest_seq, max(sg.seq_hi) AS newest_seq

@@ -147,26 +147,43 @@ impl Source {
     /// Refuse points before the history of a converted (or purged) table begins.
     pub fn check_start(&self, seq: i64) {
         if let Some(i) = &self.info {
-            if i.history_start_seq > 0 && seq < i.history_start_seq {
-                // SAFETY: syscache lookup of an open relation's name
-                let name = unsafe { super::srf::rel_name(self.relid) };
-                let start = i.history_start_seq;
-                let err = DriftError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("history of table \"{name}\" starts at seq {start}"));
-                let err = if i.history_purged {
-                    err.detail(format!("AS OF seq {seq} asks for a state before the purge horizon: history before seq {start} was purged (driftdb.purge_history or the table's retention)."))
-                } else {
-                    err.detail(format!("AS OF seq {seq} asks for a state before driftdb recorded this table (it was converted with ALTER TABLE ... SET ACCESS METHOD driftdb); its earlier history is unknown."))
-                };
-                err.hint(format!("Ask for seq {start} or later; driftdb.history_start('{name}') shows where history begins."))
-                .raise();
-            }
+            self.check_start_of(i, seq);
         }
+    }
+
+    fn check_start_of(&self, i: &TableInfo, seq: i64) {
+        if i.history_start_seq > 0 && seq < i.history_start_seq {
+            // SAFETY: syscache lookup of an open relation's name
+            let name = unsafe { super::srf::rel_name(self.relid) };
+            let start = i.history_start_seq;
+            let err = DriftError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("history of table \"{name}\" starts at seq {start}"));
+            let err = if i.history_purged {
+                err.detail(format!("AS OF seq {seq} asks for a state before the purge horizon: history before seq {start} was purged (driftdb.purge_history or the table's retention)."))
+            } else {
+                err.detail(format!("AS OF seq {seq} asks for a state before driftdb recorded this table (it was converted with ALTER TABLE ... SET ACCESS METHOD driftdb); its earlier history is unknown."))
+            };
+            err.hint(format!("Ask for seq {start} or later; driftdb.history_start('{name}') shows where history begins.")).raise();
+        }
+    }
+
+    /// The registration as it is now, under the chain's read lock (a purge may have committed
+    /// since `self.info` was read), checked against `seq`.
+    fn fresh_info(&self, seq: i64) -> Option<TableInfo> {
+        let i = reader::table_info(&self.cat, self.relid).or_else(|| self.info.clone())?;
+        self.check_start_of(&i, seq);
+        Some(i)
     }
 
     /// Refuse a change feed from a seq whose following changes were purged (they would be
     /// partial).
     pub fn check_changes_after(&self, after: i64) {
-        if let Some(i) = self.info.as_ref().filter(|i| i.history_purged && after < i.history_start_seq) {
+        if let Some(i) = &self.info {
+            self.check_changes_after_of(i, after);
+        }
+    }
+
+    fn check_changes_after_of(&self, i: &TableInfo, after: i64) {
+        if i.history_purged && after < i.history_start_seq {
             // SAFETY: syscache lookup of an open relation's name
             let name = unsafe { super::srf::rel_name(self.relid) };
             DriftError::new(
@@ -185,6 +202,9 @@ impl Source {
     /// of holding the whole table in memory. Also returns how many events were replayed.
     pub fn state_at(&self, seq: i64) -> (Rows, usize) {
         let Some(info) = &self.info else { return (Rows::Decoded(Vec::new()), 0) };
+        // one state of the history throughout: no purge or compaction commits meanwhile
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        let Some(info) = &self.fresh_info(seq) else { return (Rows::Decoded(Vec::new()), 0) };
         let snap = reader::latest_snapshot(&self.cat, info.table_id, seq);
         let blocks = snap.map(|s| reader::snapshot_blocks(&self.cat, info.table_id, s)).unwrap_or_default();
         let mut events = Vec::new();
@@ -229,11 +249,26 @@ impl Source {
     pub fn row_for_key(&self, key: &[Value], seq: i64, marks: &Marks) -> Option<Row> {
         let info = self.info.as_ref()?;
         let k = encode_key(key);
+        // The key's newest seq at or below `seq` decides. One transaction can file two events
+        // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
+        // wrote an image is the key's state after that transaction.
         let mut found: Option<(i64, Option<Row>)> = None;
         reader::key_events_desc(&self.cat, info.table_id, &k, seq, |s, op, e| {
-            found = Some((s, if op == b'i' || op == b'u' { e.new } else { None }));
-            false
+            match &mut found {
+                Some((at, _)) if *at != s => return false,
+                Some((_, row)) => {
+                    if op == b'i' || op == b'u' {
+                        *row = e.new;
+                    }
+                }
+                None => found = Some((s, if op == b'i' || op == b'u' { e.new } else { None })),
+            }
+            true
         });
+        // a purge that committed during the lookup may have moved the history start past `seq`
+        // SAFETY: processing pending invalidation messages (cheap when there are none).
+        unsafe { pg_sys::AcceptInvalidationMessages() };
+        self.fresh_info(seq);
         let (at, row) = found?;
         // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
         if marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
@@ -293,6 +328,8 @@ impl Source {
                 }
             }
             _ => {
+                let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+                let Some(info) = &self.fresh_info(settled) else { return };
                 let key_cols = self.key_cols().unwrap_or_default();
                 let wanted = |v: &Version| key.is_none_or(|k| v.row.project(&key_cols) == k);
                 let mut b = VersionBuilder::new(self.key_cols());
@@ -319,6 +356,11 @@ impl Source {
     /// With `after`, only the changes with seq > after (read from there on).
     pub fn changes(&self, after: Option<i64>, settled: i64, mut f: impl FnMut(i64, i64, Op, Option<Row>, Option<Row>)) {
         let Some(info) = &self.info else { return };
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        let Some(info) = &self.fresh_info(settled) else { return };
+        if let Some(a) = after {
+            self.check_changes_after_of(info, a);
+        }
         // after a purge, the changes from the horizon on (what survived below it is the state
         // at the horizon, not the changes that led there)
         let from = if info.history_purged { info.history_start_seq } else { 0 };

@@ -249,7 +249,9 @@ pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f:
         ];
         catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
             let (seq, op, frame) = event_cols(tup, rel);
-            oldest = Some((seq, catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32)));
+            // events of one seq come in no particular order: remember the least (seq, ord)
+            let this = (seq, catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32));
+            oldest = Some(oldest.map_or(this, |o| o.min(this)));
             go = f(seq, op, decode(frame, seq));
             go
         });
@@ -257,15 +259,13 @@ pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f:
     if !go {
         return;
     }
-    for (seq, ord, op, frame) in crate::segments::key_entries(cat, table_id, key, hi) {
+    crate::segments::key_entries(cat, table_id, key, hi, |seq, ord, op, frame| {
         // an event seen in both places (moved by a compaction during this read) counts once
         if oldest.is_some_and(|o| (seq, ord) >= o) {
-            continue;
+            return true;
         }
-        if !f(seq, op, decode(&frame, seq)) {
-            return;
-        }
-    }
+        f(seq, op, decode(frame, seq))
+    });
 }
 
 /// The newest snapshot of the table with seq ≤ `hi`: (seq, number of blocks).
