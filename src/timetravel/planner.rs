@@ -394,7 +394,7 @@ unsafe fn key_pushdown_by(
             let Some(attno) = col(var) else { continue };
             let Some(pos) = cols.iter().position(|&c| c as i16 == attno) else { continue };
             let a = &attrs[attno as usize - 1];
-            if !key_type_ok(a.atttypid, a.attcollation) || !is_type_eq(op, a.atttypid) {
+            if !key_type_ok(a.atttypid, a.attcollation) || !(is_type_eq(op, a.atttypid) || is_integer_eq(op, a.atttypid, other)) {
                 continue;
             }
             // the other side must be computable before the scan: no Vars of this rel, nothing volatile
@@ -440,6 +440,16 @@ unsafe fn key_type_ok(typid: pg_sys::Oid, coll: pg_sys::Oid) -> bool {
 unsafe fn is_type_eq(op: *mut pg_sys::OpExpr, typid: pg_sys::Oid) -> bool {
     let tce = pg_sys::lookup_type_cache(pg_sys::getBaseType(typid), pg_sys::TYPECACHE_EQ_OPR as i32);
     !tce.is_null() && (*tce).eq_opr == (*op).opno
+}
+
+/// Is the operator an integer equality across integer widths (an int4 key compared with an
+/// int2 or int8 value, as drivers often send)? Integers are encoded by value whatever their
+/// width, so the value's own type encodes the same key (the scan converts it by its own type).
+unsafe fn is_integer_eq(op: *mut pg_sys::OpExpr, typid: pg_sys::Oid, other: *mut pg_sys::Node) -> bool {
+    let int = |t: pg_sys::Oid| matches!(t, pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID);
+    int(pg_sys::getBaseType(typid))
+        && int(pg_sys::getBaseType(pg_sys::exprType(other)))
+        && pg_sys::get_op_opfamily_strategy((*op).opno, pg_sys::INTEGER_BTREE_FAM_OID) == pg_sys::BTEqualStrategyNumber as i32
 }
 
 // ------------------------------------------------------------------------------------------

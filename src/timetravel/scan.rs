@@ -276,14 +276,13 @@ unsafe fn eval(node: *mut pg_sys::CustomScanState, e: *mut pg_sys::ExprState) ->
 }
 
 /// The pushed-down key's values (None if one is NULL: no row has a NULL identity).
-unsafe fn eval_key(node: *mut pg_sys::CustomScanState, rel: pg_sys::Relation) -> Option<Vec<Value>> {
+unsafe fn eval_key(node: *mut pg_sys::CustomScanState) -> Option<Vec<Value>> {
     let st = inner(node);
-    let desc = (*rel).rd_att;
-    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-    st.attnums
+    // each value is converted by its own type: an int8 compared with an int4 key encodes as the
+    // same integer (or as one no int4 key has, if it is out of range)
+    st.exprs[1..]
         .iter()
-        .zip(&st.exprs[1..])
-        .map(|(&a, &e)| eval(node, e).map(|d| codec::datum_to_value(d, attrs[a as usize - 1].atttypid)))
+        .map(|&e| eval(node, e).map(|d| codec::datum_to_value(d, pg_sys::exprType((*e).expr as *mut pg_sys::Node))))
         .collect()
 }
 
@@ -300,7 +299,7 @@ unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_co
         st.decoder = Some(srf::decoder_for(rel, &marks));
         st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
     }
-    let Some(key) = eval_key(node, rel) else {
+    let Some(key) = eval_key(node) else {
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
         return Vec::new();
     };
@@ -332,7 +331,7 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
         st.decoder = Some(srf::decoder_for(rel, &marks));
     }
     if !st.attnums.is_empty() && src.keyed() {
-        let Some(key) = eval_key(node, rel) else {
+        let Some(key) = eval_key(node) else {
             st.did = Some("identity key lookup (NULL key: no row)".into());
             return Vec::new();
         };

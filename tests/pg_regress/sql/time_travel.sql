@@ -40,6 +40,12 @@ SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 1;
 SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 4) WHERE id = 4;  -- not yet moved there
 SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 5) WHERE id = 4;
 SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 6) WHERE id = 1;  -- truncated
+-- the key compared with another integer width (drivers send int2/int8 parameters) is pushed down
+-- too; a value out of the key's range finds nothing
+EXPLAIN (COSTS OFF) SELECT * FROM driftdb.as_of(NULL::acct, 3::bigint) WHERE id = 1::int8;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 1::int8;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 1::int2;
+SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 4294967297::int8;
 
 -- in a view and a prepared statement
 CREATE VIEW acct_at_2 AS SELECT * FROM driftdb.as_of(NULL::acct, 2::bigint);
