@@ -19,6 +19,8 @@ pub mod replay;
 pub mod row;
 pub mod segment;
 pub mod snapshot;
+#[cfg(test)]
+mod testdata;
 pub mod txbuf;
 pub mod value;
 pub mod versions;

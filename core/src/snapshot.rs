@@ -880,58 +880,7 @@ mod tests {
     }
 
     fn every_value() -> Vec<Value> {
-        let scalars = vec![
-            Value::Null,
-            Value::Bool(true),
-            Value::Bool(false),
-            Value::Int(0),
-            Value::Int(-33),
-            Value::Int(i64::MIN),
-            Value::Int(i64::MAX),
-            Value::Float(-0.0),
-            Value::Float(1.25e-300),
-            Value::Float(f64::NAN),
-            Value::Float(f64::from_bits(0x7ff0_0000_dead_beef)), // NaN with a payload
-            Value::Float(f64::NEG_INFINITY),
-            Value::Text(String::new()),
-            Value::Text("héllo wörld ✓ 🎉".into()),
-            Value::Text("x".repeat(70_000)),
-            Value::Bytes(vec![]),
-            Value::Bytes((0..=255).collect()),
-            Value::Numeric("-123456789012345678901234567890.000100".into()),
-            Value::Numeric("NaN".into()),
-            Value::Date(-730_120),
-            Value::Time(86_399_999_999),
-            Value::TimeTz(3_600_000_000, -19_800),
-            Value::Timestamp(i64::MIN),
-            Value::TimestampTz(812_345_678_901_234),
-            Value::Interval {
-                months: -14,
-                days: 3,
-                micros: -5_000_001,
-            },
-            Value::Uuid([0xab; 16]),
-            Value::Other("{\"json\": [1, 2]}".into()),
-        ];
-        let mut all = scalars.clone();
-        all.push(Value::Array {
-            lower: vec![],
-            dims: vec![],
-            elems: vec![],
-        });
-        all.push(Value::Array {
-            lower: vec![1, -2],
-            dims: vec![2, 2],
-            elems: vec![
-                Value::Int(1),
-                Value::Null,
-                Value::Float(f64::NAN),
-                Value::Int(4),
-            ],
-        });
-        all.push(Value::Record(vec![]));
-        all.push(Value::Record(scalars));
-        all
+        crate::testdata::every_value(70000)
     }
 
     /// Bitwise float identity on top of `==` (NaN payloads and the sign of zero included).
