@@ -207,25 +207,30 @@ impl Source {
         let Some(info) = &self.fresh_info(seq) else { return (Rows::Decoded(Vec::new()), 0) };
         let snap = reader::latest_snapshot(&self.cat, info.table_id, seq);
         let blocks = snap.map(|s| reader::snapshot_blocks(&self.cat, info.table_id, s)).unwrap_or_default();
-        let mut events = Vec::new();
-        reader::events_between(&self.cat, info.table_id, snap.unwrap_or(0), seq, |e| {
-            events.push(e);
-            true
+        let from = snap.unwrap_or(0);
+        let mut any = false;
+        reader::events_between(&self.cat, info.table_id, from, seq, |_| {
+            any = true;
+            false
         });
-        if events.is_empty() {
-            return (Rows::Blocks { seq: snap.unwrap_or(0), blocks }, 0);
+        if !any {
+            return (Rows::Blocks { seq: from, blocks }, 0);
         }
-        let rows = blocks.iter().flat_map(|b| reader::decode_block(b, snap.unwrap_or(0)));
+        // replay as the events stream by: memory is the state's, not the history's
+        let rows = blocks.iter().flat_map(|b| reader::decode_block(b, from));
         let mut state = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
         if info.history_purged {
             state.set_base_upto(info.history_start_seq as u64);
         }
-        for e in &events {
-            if let Err(err) = state.apply(e) {
+        let mut replayed = 0usize;
+        reader::events_between(&self.cat, info.table_id, from, seq, |e| {
+            if let Err(err) = state.apply(&e) {
                 reader::corrupted(format!("replaying history: {err}"));
             }
-        }
-        (Rows::Decoded(state.into_rows().collect()), events.len())
+            replayed += 1;
+            true
+        });
+        (Rows::Decoded(state.into_rows().collect()), replayed)
     }
 
     /// `state_at`, decoded.
