@@ -364,7 +364,7 @@ fn decode_rows_serde(raw: &[u8]) -> Result<Vec<Row>, BlockError> {
 /// rejects and decode everything it accepts exactly as serde would (a test checks both on
 /// mutated payloads); a value variant added later without a case here still decodes, via
 /// serde.
-mod fast {
+pub(crate) mod fast {
     use crate::row::Row;
     use crate::value::Value;
 
@@ -383,18 +383,84 @@ mod fast {
         r.b.is_empty().then_some(rows)
     }
 
-    pub(super) struct Reader<'a> {
+    pub(crate) struct Reader<'a> {
         b: &'a [u8],
         depth: u32,
     }
 
     impl<'a> Reader<'a> {
-        pub(super) fn new(b: &'a [u8]) -> Reader<'a> {
+        pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
             Reader { b, depth: 0 }
         }
 
         pub(super) fn remaining(&self) -> usize {
             self.b.len()
+        }
+
+        /// Skips one MessagePack value of any kind (nested up to MAX_DEPTH).
+        pub(crate) fn skip(&mut self) -> Option<()> {
+            let m = self.byte()?;
+            let (n, inner) = match m {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+                0x80..=0x8f => (0, 2 * (m & 0x0f) as usize),
+                0x90..=0x9f => (0, (m & 0x0f) as usize),
+                0xa0..=0xbf => ((m & 0x1f) as usize, 0),
+                0xc4 | 0xd9 => (self.byte()? as usize, 0),
+                0xc5 | 0xda => (u16::from_be_bytes(self.be()?) as usize, 0),
+                0xc6 | 0xdb => (u32::from_be_bytes(self.be()?) as usize, 0),
+                0xc7 => (self.byte()? as usize + 1, 0),
+                0xc8 => (u16::from_be_bytes(self.be()?) as usize + 1, 0),
+                0xc9 => (u32::from_be_bytes(self.be()?) as usize + 1, 0),
+                0xca => (4, 0),
+                0xcb => (8, 0),
+                0xcc | 0xd0 => (1, 0),
+                0xcd | 0xd1 => (2, 0),
+                0xce | 0xd2 => (4, 0),
+                0xcf | 0xd3 => (8, 0),
+                0xd4 => (2, 0),
+                0xd5 => (3, 0),
+                0xd6 => (5, 0),
+                0xd7 => (9, 0),
+                0xd8 => (17, 0),
+                0xdc => (0, u16::from_be_bytes(self.be()?) as usize),
+                0xdd => (0, u32::from_be_bytes(self.be()?) as usize),
+                0xde => (0, 2 * u16::from_be_bytes(self.be()?) as usize),
+                0xdf => (0, 2 * u32::from_be_bytes(self.be()?) as usize),
+                0xc1 => return None,
+            };
+            self.take(n)?;
+            if inner > 0 {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH * 2 {
+                    return None;
+                }
+                for _ in 0..inner {
+                    self.skip()?;
+                }
+                self.depth -= 1;
+            }
+            Some(())
+        }
+
+        /// The `committed_at` and `new` fields of an event payload (frame.rs: a 9-element array
+        /// seq, committed_at, table_id, op, key, old_key, old, new, schema), skipping the rest.
+        pub(crate) fn event_new_image(&mut self) -> Option<(i64, Option<Row>)> {
+            if self.array_len()? != 9 {
+                return None;
+            }
+            self.skip()?; // seq
+            let at: i64 = self.int()?;
+            for _ in 0..5 {
+                self.skip()?; // table_id, op, key, old_key, old
+            }
+            let new = if self.b.first() == Some(&0xc0) {
+                self.byte()?;
+                None
+            } else {
+                Some(self.row()?)
+            };
+            self.skip()?; // schema
+            self.b.is_empty().then_some((at, new))
         }
 
         /// A row into `row`, reusing its column vector and the strings of its text values.

@@ -258,15 +258,15 @@ impl Source {
         // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
         // wrote an image is the key's state after that transaction.
         let mut found: Option<(i64, Option<Row>)> = None;
-        reader::key_events_desc(&self.cat, info.table_id, &k, seq, |s, op, e| {
+        reader::key_images_desc(&self.cat, info.table_id, &k, seq, |s, op, (_, new)| {
             match &mut found {
                 Some((at, _)) if *at != s => return false,
                 Some((_, row)) => {
                     if op == b'i' || op == b'u' {
-                        *row = e.new;
+                        *row = new;
                     }
                 }
-                None => found = Some((s, if op == b'i' || op == b'u' { e.new } else { None })),
+                None => found = Some((s, if op == b'i' || op == b'u' { new } else { None })),
             }
             true
         });
@@ -291,7 +291,7 @@ impl Source {
             Some(key) if self.keyed() => {
                 let k = encode_key(key);
                 let mut evs = Vec::new();
-                reader::key_events_desc(&self.cat, info.table_id, &k, settled, |seq, op, e| {
+                reader::key_images_desc(&self.cat, info.table_id, &k, settled, |seq, op, e| {
                     evs.push((seq, op, e));
                     true
                 });
@@ -299,7 +299,7 @@ impl Source {
                 evs.sort_by_key(|(seq, op, _)| (*seq, matches!(op, b'i' | b'u')));
                 let mut open: Option<Version> = None;
                 let mut truncs = marks.truncates.iter().filter(|(t, _)| *t <= settled).peekable();
-                for (seq, op, e) in evs {
+                for (seq, op, (committed_at, new)) in evs {
                     while let Some(&&(t, at)) = truncs.peek() {
                         if t > seq {
                             break;
@@ -315,12 +315,12 @@ impl Source {
                     }
                     if let Some(mut v) = open.take() {
                         v.end_seq = Some(seq as u64);
-                        v.end_at = Some(e.committed_at);
+                        v.end_at = Some(committed_at);
                         f(v);
                     }
                     if matches!(op, b'i' | b'u') {
-                        if let Some(row) = e.new {
-                            open = Some(Version { start_seq: seq as u64, start_at: e.committed_at, end_seq: None, end_at: None, row });
+                        if let Some(row) = new {
+                            open = Some(Version { start_seq: seq as u64, start_at: committed_at, end_seq: None, end_at: None, row });
                         }
                     }
                 }

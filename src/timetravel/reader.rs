@@ -234,7 +234,28 @@ pub fn events_between(cat: &Catalog, table_id: i32, lo: i64, hi: i64, mut f: imp
 /// first: `f(seq, op, event)` until it returns false. Recent events come from the events
 /// table (`events_key`), older ones from the compacted segments — read after the events table,
 /// so that a compaction committing in between shows its events there.
-pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: impl FnMut(i64, u8, Event) -> bool) {
+pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, f: impl FnMut(i64, u8, Event) -> bool) {
+    key_rows_desc(cat, table_id, key, hi, decode, f)
+}
+
+/// As `key_events_desc`, but each event read only for its commit time and new image (None
+/// for a delete or a marker): what key lookups and the versions of a key need.
+pub fn key_images_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, f: impl FnMut(i64, u8, (i64, Option<Row>)) -> bool) {
+    key_rows_desc(cat, table_id, key, hi, decode_image, f)
+}
+
+pub fn decode_image(frame: &[u8], seq: i64) -> (i64, Option<Row>) {
+    driftdb_core::decode_new_image(frame).unwrap_or_else(|e| corrupted(format!("event frame of seq {seq}: {e}")))
+}
+
+fn key_rows_desc<T>(
+    cat: &Catalog,
+    table_id: i32,
+    key: &[u8],
+    hi: i64,
+    decode: impl Fn(&[u8], i64) -> T,
+    mut f: impl FnMut(i64, u8, T) -> bool,
+) {
     let mut oldest: Option<(i64, i32)> = None;
     let mut go = true;
     // SAFETY: catalog-style read of driftdb.events through events_key; the key datum is a
