@@ -166,6 +166,16 @@ impl Source {
         }
     }
 
+    /// Tell the caller (NOTICE) that the history read here starts at a purge horizon, so that
+    /// a period before it is never mistaken for a complete answer.
+    fn note_purged(&self, i: &TableInfo, what: &str) {
+        if i.history_purged {
+            // SAFETY: syscache lookup of an open relation's name
+            let name = unsafe { super::srf::rel_name(self.relid) };
+            notice!("history of table \"{name}\" before seq {} was purged: {what}", i.history_start_seq);
+        }
+    }
+
     /// The registration as it is now, under the chain's read lock (a purge may have committed
     /// since `self.info` was read), checked against `seq`.
     fn fresh_info(&self, seq: i64) -> Option<TableInfo> {
@@ -287,6 +297,7 @@ impl Source {
     /// oldest first per row; `f` gets each version.
     pub fn versions(&self, key: Option<&[Value]>, settled: i64, marks: &Marks, mut f: impl FnMut(Version)) {
         let Some(info) = &self.info else { return };
+        self.note_purged(info, "versions that had ended before it are gone; each version current at the horizon is shown with its true start");
         match key {
             Some(key) if self.keyed() => {
                 let k = encode_key(key);
@@ -369,6 +380,9 @@ impl Source {
         // after a purge, the changes from the horizon on (what survived below it is the state
         // at the horizon, not the changes that led there)
         let from = if info.history_purged { info.history_start_seq } else { 0 };
+        if after.is_none() {
+            self.note_purged(info, "the changes shown start after it");
+        }
         let from = from.max(after.unwrap_or(0));
         reader::events_between(&self.cat, info.table_id, from, settled, |e| {
             if e.op != Op::Schema {
