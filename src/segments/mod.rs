@@ -332,9 +332,9 @@ pub fn for_each_event(
                 }
                 segs.advance();
             }
-            if segs.skip_equal(seq, ord) {
-                // (cannot happen while the chain lock is held; kept exact anyway)
-            }
+            // the same event in both places cannot happen while the chain lock is held; counted
+            // once anyway
+            segs.skip_equal(seq, ord);
             let op = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as u8);
             if op == b'm' && !markers {
                 return true;
@@ -412,13 +412,11 @@ impl<'a> SegStream<'a> {
     }
 
     /// Skip a compacted entry equal to (seq, ord) — the same event seen in both places.
-    fn skip_equal(&mut self, seq: i64, ord: i32) -> bool {
+    fn skip_equal(&mut self, seq: i64, ord: i32) {
         self.fill();
         if self.buf.get(self.pos).is_some_and(|e| (e.seq, e.ord) == (seq, ord)) {
             self.pos += 1;
-            return true;
         }
-        false
     }
 }
 
