@@ -463,15 +463,20 @@ pub(crate) mod fast {
             self.b.is_empty().then_some((at, new))
         }
 
-        /// A row into `row`, reusing its column vector and the strings of its text values.
-        pub(super) fn row_into(&mut self, row: &mut Row) -> Option<()> {
+        /// The entry count of a map (a row is a map attnum → value).
+        fn map_len(&mut self) -> Option<usize> {
             let m = self.byte()?;
-            let n: usize = match m {
+            Some(match m {
                 0x80..=0x8f => (m & 0x0f).into(),
                 0xde => u16::from_be_bytes(self.be()?).into(),
                 0xdf => u32::from_be_bytes(self.be()?) as usize,
                 _ => return None,
-            };
+            })
+        }
+
+        /// A row into `row`, reusing its column vector and the strings of its text values.
+        pub(super) fn row_into(&mut self, row: &mut Row) -> Option<()> {
+            let n = self.map_len()?;
             let cols = &mut row.0;
             let mut last: Option<u16> = None;
             for i in 0..n {
@@ -628,13 +633,7 @@ pub(crate) mod fast {
         }
 
         fn row(&mut self) -> Option<Row> {
-            let m = self.byte()?;
-            let n: usize = match m {
-                0x80..=0x8f => (m & 0x0f).into(),
-                0xde => u16::from_be_bytes(self.be()?).into(),
-                0xdf => u32::from_be_bytes(self.be()?) as usize,
-                _ => return None,
-            };
+            let n = self.map_len()?;
             // as row.rs's Deserialize: sorted input is taken as is, other input is sorted
             // and must not repeat an attnum
             let mut cols: Vec<(u16, Value)> = Vec::with_capacity(n.min(1600));
