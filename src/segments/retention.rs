@@ -208,7 +208,7 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
     let mut prev = head_hash(cat, table_id, head);
     let (events_removed, removed_links, added_links) = remove_events(cat, table_id, i64::MIN, horizon, &drop, &mut head, &mut prev);
     let snapshots_removed = remove_snapshots(cat, table_id, |s| s < horizon);
-    // SAFETY: update of the table's registration row (history_start_seq, history_purged).
+    // the registration: history starts at the horizon, which a purge set
     catalog::update_table_row(cat, table_id, &[(4, pg_sys::Datum::from(horizon), false), (10, pg_sys::Datum::from(true), false)]);
     let (by, session_user) = role_names();
     let rec = Record {
