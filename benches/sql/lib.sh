@@ -311,3 +311,22 @@ setup_table_all_systems() {
     prewarm "$db" "$table" "${table}_pkey"
   done
 }
+
+# ---- the history benchmarks' table (time_travel.sh, segments.sh) ------------------------------
+# t: N rows inserted in one statement, then update rounds that change every column but the key.
+history_table_sql() {  # AM → CREATE TABLE t ... USING AM
+  cat <<SQL
+CREATE TABLE t (
+    id          int           PRIMARY KEY,
+    v           int           NOT NULL,
+    name        text          NOT NULL,
+    amount      numeric(12,2) NOT NULL,
+    updated_at  timestamptz   NOT NULL
+) USING $1;
+SQL
+}
+history_insert_sql() {  # N → the load of t's N rows
+  echo "INSERT INTO t SELECT g, 0, 'customer ' || g || ' ' || md5(g::text), round((g % 50000) / 100.0, 2),"
+  echo "       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' FROM generate_series(1, $1) g;"
+}
+HISTORY_UPDATE_SQL="UPDATE t SET v = v + 1, amount = amount + 1, updated_at = now();"

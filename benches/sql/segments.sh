@@ -166,12 +166,11 @@ check_driftdb_api() {
 load_sql() {  # SYS → the load: insert, U update rounds, each its own transaction, seqs recorded
   local sys=$1 k seqexpr=NULL
   [ "$sys" = driftdb ] && seqexpr="driftdb.current_seq()"
-  echo "INSERT INTO t SELECT g, 0, 'customer ' || g || ' ' || md5(g::text), round((g % 50000) / 100.0, 2),"
-  echo "       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' FROM generate_series(1, $NROWS) g;"
+  history_insert_sql "$NROWS"
   echo "VACUUM t;"
   echo "INSERT INTO seg_rounds VALUES (0, $seqexpr);"
   for k in $(seq 1 "$UPDATES"); do
-    echo "UPDATE t SET v = v + 1, amount = amount + 1, updated_at = now();"
+    echo "$HISTORY_UPDATE_SQL"
     echo "INSERT INTO seg_rounds VALUES ($k, $seqexpr);"
     echo "VACUUM t;"
   done
@@ -181,17 +180,11 @@ build_db() {  # SYS DB: create, load (timed), vacuum, check the current state
   local sys=$1 db=$2 am=heap t got
   [ "$sys" = driftdb ] && am=driftdb
   create_db "$sys" "$db"
-  psql_q -d "$db" -v am="$am" <<'SQL' >/dev/null
-CREATE TABLE t (
-    id          int           PRIMARY KEY,
-    v           int           NOT NULL,
-    name        text          NOT NULL,
-    amount      numeric(12,2) NOT NULL,
-    updated_at  timestamptz   NOT NULL
-) USING :am;
--- bookkeeping (plain heap): driftdb's settled seq after the load (round 0) and every round
-CREATE TABLE seg_rounds (round int PRIMARY KEY, seq bigint) USING heap;
-SQL
+  {
+    history_table_sql "$am"
+    echo "-- bookkeeping (plain heap): driftdb's settled seq after the load (round 0) and every round"
+    echo "CREATE TABLE seg_rounds (round int PRIMARY KEY, seq bigint) USING heap;"
+  } | psql_q -d "$db" >/dev/null
   if [ "$sys" = periods ]; then
     periods_version "$db" t
     psql_q -d "$db" -c "CREATE INDEX t_history_seg_idx ON t_history (id, system_time_end)" >/dev/null

@@ -175,17 +175,11 @@ build_db() {  # SYS DEPTH: create, load, update U*DEPTH rounds recording time/se
   db=$(dbname "$sys" "$depth"); nupd=$(updates_of "$depth")
   [ "$sys" = driftdb ] && am=driftdb
   create_db "$sys" "$db"
-  psql_q -d "$db" -v am="$am" <<'SQL' >/dev/null
-CREATE TABLE t (
-    id          int           PRIMARY KEY,
-    v           int           NOT NULL,
-    name        text          NOT NULL,
-    amount      numeric(12,2) NOT NULL,
-    updated_at  timestamptz   NOT NULL
-) USING :am;
--- bookkeeping (plain heap): when each round had committed, and driftdb's settled seq then
-CREATE TABLE tt_rounds (round int PRIMARY KEY, ts timestamptz NOT NULL, seq bigint) USING heap;
-SQL
+  {
+    history_table_sql "$am"
+    echo "-- bookkeeping (plain heap): when each round had committed, and driftdb's settled seq then"
+    echo "CREATE TABLE tt_rounds (round int PRIMARY KEY, ts timestamptz NOT NULL, seq bigint) USING heap;"
+  } | psql_q -d "$db" >/dev/null
   if [ "$sys" = periods ]; then
     periods_version "$db" t
     if [ "$PERIODS_INDEX" != none ]; then
@@ -194,12 +188,11 @@ SQL
   fi
   local seqexpr=NULL; [ "$sys" = driftdb ] && seqexpr="driftdb.current_seq()"
   {
-    echo "INSERT INTO t SELECT g, 0, 'customer ' || g || ' ' || md5(g::text), round((g % 50000) / 100.0, 2),"
-    echo "       timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second' FROM generate_series(1, $NROWS) g;"
+    history_insert_sql "$NROWS"
     echo "VACUUM t;"
     echo "INSERT INTO tt_rounds VALUES (0, clock_timestamp(), $seqexpr);"
     for k in $(seq 1 "$nupd"); do
-      echo "UPDATE t SET v = v + 1, amount = amount + 1, updated_at = now();"
+      echo "$HISTORY_UPDATE_SQL"
       if [ "$sys" = driftdb ] && [ "$SNAPSHOT_EVERY" -gt 0 ] && [ $((k % SNAPSHOT_EVERY)) = 0 ]; then
         echo "SELECT driftdb.snapshot('t');"
       fi

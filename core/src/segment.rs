@@ -1341,22 +1341,7 @@ mod tests {
     use crate::snapshot::{check_block, decode_snapshot_block, encode_snapshot_block, Codec};
     use crate::value::Value;
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
-    }
+    use crate::testdata::Rng;
 
     fn every_value() -> Vec<Value> {
         crate::testdata::every_value(300)

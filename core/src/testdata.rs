@@ -1,6 +1,7 @@
 //! testdata.rs — values for the core's unit tests: one of every `Value` variant, with the edge
 //! cases each encoding must carry exactly (NaN payloads, the sign of zero, extreme integers and
-//! dates, empty and long texts, arrays and records). Compiled for tests only.
+//! dates, empty and long texts, arrays and records), and a tiny deterministic PRNG for the
+//! randomized tests. Compiled for tests only.
 
 use crate::value::Value;
 
@@ -53,4 +54,25 @@ pub(crate) fn every_value(long_text: usize) -> Vec<Value> {
     all.push(Value::Record(vec![]));
     all.push(Value::Record(scalars));
     all
+}
+
+/// xorshift64: a tiny deterministic PRNG, so the randomized tests need no dependency.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform-ish in 0..n.
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub(crate) fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
 }

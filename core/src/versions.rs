@@ -542,19 +542,7 @@ mod tests {
         assert_eq!(out, vec![v(1, Some(2), row(1, "a")), v(2, Some(3), new)]);
     }
 
-    /// xorshift64: a tiny deterministic PRNG, so the randomized tests need no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::testdata::Rng;
 
     /// A random but valid history over `live` (the rows a correct replay holds): inserts
     /// (duplicate keys and, without identity, duplicate rows included), updates that sometimes
@@ -573,11 +561,11 @@ mod tests {
             } else {
                 rng.below(6) as i64
             };
-            row(id, ["p", "q", "r"][rng.below(3) as usize])
+            row(id, ["p", "q", "r"][rng.below(3)])
         };
         for _ in 0..n {
             if rng.below(4) != 0 {
-                seq += 1 + rng.below(2);
+                seq += 1 + rng.below(2) as u64;
             }
             let roll = rng.below(100);
             let e = if live.is_empty() || roll < 35 {
@@ -585,7 +573,7 @@ mod tests {
                 live.push(r.clone());
                 ins(seq, r)
             } else if roll < 75 {
-                let i = rng.below(live.len() as u64) as usize;
+                let i = rng.below(live.len());
                 let old = live[i].clone();
                 let new = if rng.below(3) == 0 {
                     fresh(rng) // possibly another key
@@ -597,7 +585,7 @@ mod tests {
                 live[i] = new.clone();
                 upd(seq, old, new)
             } else if roll < 95 {
-                let i = rng.below(live.len() as u64) as usize;
+                let i = rng.below(live.len());
                 del(seq, live.swap_remove(i))
             } else if roll < 97 {
                 live.clear();
@@ -692,7 +680,7 @@ mod tests {
                 let mut bad = e.clone();
                 match rng.below(3) {
                     0 => bad.old = Some(row(rng.below(8) as i64, "never")),
-                    1 => bad.seq = bad.seq.saturating_sub(1 + rng.below(2)),
+                    1 => bad.seq = bad.seq.saturating_sub(1 + rng.below(2) as u64),
                     _ => {}
                 }
                 let (x, y) = (b.apply(&bad), r.apply(&bad));

@@ -98,8 +98,8 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
     let Some(info) = reader::table_info(cat, relid) else { return out };
     let table_id = info.table_id;
     lock_chain(cat, table_id);
-    // a fresh read: another compaction may have committed since the cache was filled
-    let lo = compacted_upto(cat, table_id);
+    // re-read after the lock: another compaction may have committed since the cache was filled
+    let lo = reader::table_info(cat, relid).map_or(0, |i| i.compacted_upto);
     let upto = engine::resolve(cat, Point::Time(before));
     if upto <= lo {
         return out;
@@ -217,20 +217,6 @@ fn count_compactable(cat: &Catalog, keys: &[(i16, u16, u32, pg_sys::Datum)], lim
         });
     }
     n
-}
-
-/// `driftdb.tables.compacted_upto` of a table, read now (not from the cache).
-pub fn compacted_upto(cat: &Catalog, table_id: i32) -> i64 {
-    let mut v = 0;
-    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id))];
-    // SAFETY: catalog-style read of driftdb.tables (column 8 = compacted_upto).
-    unsafe {
-        catalog::scan(cat.tables, cat.tables_pkey, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
-            v = catalog::attr(tup, rel, 8).map_or(0, |d| d.value() as i64);
-            false
-        });
-    }
-    v
 }
 
 /// The hash of link `head` (32 zero bytes when the chain is empty).

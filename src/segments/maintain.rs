@@ -34,7 +34,7 @@ pub fn init() {
     );
 }
 
-/// Registered tables that still exist: (relid, retention as µs if set and month-free).
+/// Registered tables (relid, retention); dropped ones are skipped when opened.
 fn tables(cat: &Catalog) -> Vec<(pg_sys::Oid, Option<pgrx::datum::Interval>)> {
     let mut out = Vec::new();
     // SAFETY: catalog-style read of driftdb.tables (2 = relid, 7 = retention).

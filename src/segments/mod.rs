@@ -173,9 +173,14 @@ pub fn link_data(cat: &Catalog, table_id: i32, seg_id: i64) -> Vec<u8> {
     out.unwrap_or_else(|| corrupted(format!("segment {seg_id} of table {table_id} is missing")))
 }
 
+/// A segment's entries if this backend decoded it recently.
+fn cached(link: &Link) -> Option<Rc<Vec<SegmentEntry>>> {
+    DECODED.with(|c| c.borrow().iter().find(|(h, _)| *h == link.hash).map(|(_, e)| e.clone()))
+}
+
 /// The decoded entries of a segment link (cached by hash).
 pub fn entries(cat: &Catalog, table_id: i32, link: &Link) -> Rc<Vec<SegmentEntry>> {
-    if let Some(e) = DECODED.with(|c| c.borrow().iter().find(|(h, _)| *h == link.hash).map(|(_, e)| e.clone())) {
+    if let Some(e) = cached(link) {
         return e;
     }
     let data = link_data(cat, table_id, link.seg_id);
@@ -209,7 +214,7 @@ pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: imp
                 pending.push((e.seq, e.ord, e.op, e.frame.clone()));
             }
         };
-        match DECODED.with(|c| c.borrow().iter().find(|(h, _)| *h == l.hash).map(|(_, e)| e.clone())) {
+        match cached(l) {
             Some(es) => {
                 // entries are sorted by (key, seq, ord): the key's run starts at the partition point
                 let start = es.partition_point(|e| e.key.as_slice() < key);
@@ -280,9 +285,15 @@ pub fn read_lock(cat: &Catalog, table_id: i32) -> StreamLock {
 }
 
 /// Serialize chain writers of one table (compaction, purge, erasure): held to transaction end.
+/// The previous writer sent its invalidations before it released the lock, so once they are
+/// processed here the cached registration (`reader::table_info`) is the committed one.
 pub fn lock_chain(cat: &Catalog, table_id: i32) {
-    // SAFETY: heavyweight lock on a driftdb-owned object id, released at transaction end.
-    unsafe { pg_sys::LockDatabaseObject(cat.segments, pg_sys::Oid::from(table_id as u32), 0, pg_sys::ExclusiveLock as i32) };
+    // SAFETY: heavyweight lock on a driftdb-owned object id, released at transaction end;
+    // then pending invalidation messages are processed, as acquiring a relation lock does.
+    unsafe {
+        pg_sys::LockDatabaseObject(cat.segments, pg_sys::Oid::from(table_id as u32), 0, pg_sys::ExclusiveLock as i32);
+        pg_sys::AcceptInvalidationMessages();
+    }
 }
 
 /// Before a chain writer commits: wait for the seq-ordered reads in progress and hold new ones

@@ -158,7 +158,8 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
     // SAFETY: name lookup for messages.
     let name = unsafe { crate::timetravel::srf::rel_name(relid) };
     let horizon = engine::resolve(cat, Point::Time(before));
-    let start = current_start(cat, table_id);
+    // re-read after the lock: another purge may have committed since the cache was filled
+    let start = reader::table_info(cat, relid).map_or(0, |i| i.history_start_seq);
     if horizon <= start || horizon == 0 {
         return out;
     }
@@ -229,20 +230,6 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
     out.events_removed = events_removed;
     out.snapshots_removed = snapshots_removed;
     out
-}
-
-/// `driftdb.tables.history_start_seq`, read now.
-fn current_start(cat: &Catalog, table_id: i32) -> i64 {
-    let mut v = 0;
-    let keys = [(1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id))];
-    // SAFETY: catalog-style read of driftdb.tables (column 4).
-    unsafe {
-        catalog::scan(cat.tables, cat.tables_pkey, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
-            v = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as i64);
-            false
-        });
-    }
-    v
 }
 
 #[pg_extern(name = "purge_history", volatile, strict)]

@@ -186,12 +186,6 @@ impl Source {
 
     /// Refuse a change feed from a seq whose following changes were purged (they would be
     /// partial).
-    pub fn check_changes_after(&self, after: i64) {
-        if let Some(i) = &self.info {
-            self.check_changes_after_of(i, after);
-        }
-    }
-
     fn check_changes_after_of(&self, i: &TableInfo, after: i64) {
         if i.history_purged && after < i.history_start_seq {
             // SAFETY: syscache lookup of an open relation's name
@@ -218,29 +212,29 @@ impl Source {
         let snap = reader::latest_snapshot(&self.cat, info.table_id, seq);
         let blocks = snap.map(|s| reader::snapshot_blocks(&self.cat, info.table_id, s)).unwrap_or_default();
         let from = snap.unwrap_or(0);
-        let mut any = false;
-        reader::events_between(&self.cat, info.table_id, from, seq, |_| {
-            any = true;
-            false
-        });
-        if !any {
-            return (Rows::Blocks { seq: from, blocks }, 0);
-        }
-        // replay as the events stream by: memory is the state's, not the history's
-        let rows = blocks.iter().flat_map(|b| reader::decode_block(b, from));
-        let mut state = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
-        if info.history_purged {
-            state.set_base_upto(info.history_start_seq as u64);
-        }
+        // replay as the events stream by (memory is the state's, not the history's); the
+        // snapshot is decoded only once an event follows it
+        let mut state: Option<ImageReplay> = None;
         let mut replayed = 0usize;
         reader::events_between(&self.cat, info.table_id, from, seq, |e| {
-            if let Err(err) = state.apply(&e) {
+            let st = state.get_or_insert_with(|| {
+                let rows = blocks.iter().flat_map(|b| reader::decode_block(b, from));
+                let mut st = ImageReplay::from_rows(self.key_cols(), rows, snap.map(|s| s as u64));
+                if info.history_purged {
+                    st.set_base_upto(info.history_start_seq as u64);
+                }
+                st
+            });
+            if let Err(err) = st.apply(&e) {
                 reader::corrupted(format!("replaying history: {err}"));
             }
             replayed += 1;
             true
         });
-        (Rows::Decoded(state.into_rows().collect()), replayed)
+        match state {
+            None => (Rows::Blocks { seq: from, blocks }, 0),
+            Some(st) => (Rows::Decoded(st.into_rows().collect()), replayed),
+        }
     }
 
     /// `state_at`, decoded.

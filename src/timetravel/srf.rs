@@ -237,9 +237,8 @@ pub unsafe extern "C-unwind" fn driftdb_changes(fcinfo: pg_sys::FunctionCallInfo
         if arg_null(fcinfo, 1) {
             DriftError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "after_seq must not be NULL").hint("Pass 0 to read every change.").raise();
         }
-        let after = arg(fcinfo, 1).value() as i64;
-        call.src.check_changes_after(after);
-        Some(after)
+        // checked against the purge horizon by Source::changes
+        Some(arg(fcinfo, 1).value() as i64)
     } else {
         None
     };
