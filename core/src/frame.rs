@@ -189,6 +189,29 @@ pub fn encode_key(key: &[Value]) -> Vec<u8> {
     }
 }
 
+/// Byte ranges (inclusive) of `encode_key` images that together hold the key of every
+/// one-integer identity `k` with `lo <= k <= hi`, in the order bytea (and `[u8]`) compares.
+///
+/// MessagePack writes a non-negative integer as a fixint (`0x00..=0x7f`) or as `0xcc..=0xcf`
+/// followed by the value big-endian, so non-negative keys sort as their values do. Negative
+/// integers (`0xd0..=0xd3`, `0xe0..=0xff`) sort after them but not in value order, so any
+/// negative part of the range is one range over every negative key: a superset, which the
+/// caller rechecks. Empty when `lo > hi`.
+pub fn int_key_ranges(lo: i64, hi: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if lo > hi {
+        return out;
+    }
+    if lo < 0 {
+        // 0x91 (a one-element array), then the first negative marker .. the largest (-1)
+        out.push((vec![0x91, 0xd0], vec![0x91, 0xff]));
+    }
+    if hi >= 0 {
+        out.push((encode_key(&[Value::Int(lo.max(0))]), encode_key(&[Value::Int(hi)])));
+    }
+    out
+}
+
 /// Inverse of `encode_key`.
 pub fn decode_key(bytes: &[u8]) -> Result<Vec<Value>, FrameError> {
     let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
@@ -205,6 +228,39 @@ pub fn decode_key(bytes: &[u8]) -> Result<Vec<Value>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn int_key_ranges_hold_exactly_the_keys_in_range() {
+        let probes: Vec<i64> = [i64::MIN, -1 << 40, -70000, -129, -128, -33, -32, -1, 0, 1, 127, 128, 255, 256, 65535, 65536, 1 << 33, i64::MAX]
+            .into_iter()
+            .collect();
+        let inside = |ranges: &[(Vec<u8>, Vec<u8>)], k: i64| {
+            let e = encode_key(&[Value::Int(k)]);
+            ranges.iter().any(|(a, b)| a.as_slice() <= e.as_slice() && e.as_slice() <= b.as_slice())
+        };
+        for &lo in &probes {
+            for &hi in &probes {
+                let r = int_key_ranges(lo, hi);
+                for &k in &probes {
+                    let want = lo <= k && k <= hi;
+                    if want {
+                        assert!(inside(&r, k), "[{lo}, {hi}] misses {k}");
+                    } else if k >= 0 {
+                        // non-negative keys outside the range are never included
+                        assert!(!inside(&r, k), "[{lo}, {hi}] includes {k}");
+                    }
+                }
+                if lo >= 0 {
+                    assert_eq!(r.len(), usize::from(lo <= hi));
+                }
+            }
+        }
+        // non-negative keys order as their values
+        let mut v: Vec<i64> = probes.iter().copied().filter(|&k| k >= 0).collect();
+        v.sort();
+        let enc: Vec<Vec<u8>> = v.iter().map(|&k| encode_key(&[Value::Int(k)])).collect();
+        assert!(enc.windows(2).all(|w| w[0] < w[1]));
+    }
     use crate::event::{ColumnDef, Op, SchemaChange};
     use crate::row::Row;
 

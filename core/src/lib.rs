@@ -27,7 +27,7 @@ pub mod versions;
 
 pub use event::{ColumnDef, Event, Op, SchemaChange};
 pub use frame::{
-    check_frame, decode_frame, decode_key, decode_new_image, encode_frame, encode_key, FrameError, FORMAT_VERSION,
+    check_frame, decode_frame, decode_key, decode_new_image, encode_frame, encode_key, int_key_ranges, FrameError, FORMAT_VERSION,
     HEADER_LEN, MAGIC,
 };
 pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
