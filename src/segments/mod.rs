@@ -246,6 +246,19 @@ pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: imp
     }
 }
 
+/// The compacted events filed under a key in `[lo, hi]` (encoded keys, inclusive) with
+/// `seq <= hi_seq`: `f(entry)`, segment by segment. Only segments whose key and seq ranges
+/// overlap are read (decoded whole, and cached).
+pub fn range_entries(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&SegmentEntry)) {
+    let dir = directory(cat, table_id);
+    for l in dir.iter().filter(|l| l.kind == SEGMENT && l.key_lo.as_slice() <= hi && lo <= l.key_hi.as_slice() && l.seq_lo <= hi_seq) {
+        let es = entries(cat, table_id, l);
+        // entries are sorted by (key, seq, ord)
+        let start = es.partition_point(|e| e.key.as_slice() < lo);
+        es[start..].iter().take_while(|e| e.key.as_slice() <= hi).filter(|e| e.seq <= hi_seq).for_each(&mut f);
+    }
+}
+
 /// Holds the share lock on a table's chain for the life of a seq-ordered read.
 pub struct StreamLock {
     cat: Catalog,

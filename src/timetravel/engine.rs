@@ -287,6 +287,48 @@ impl Source {
         }
     }
 
+    /// The rows whose identity key is one of `keys` at settled `seq` (each looked up in the
+    /// key index; a key given twice counts once). Caller checked `keyed()`.
+    pub fn rows_for_keys(&self, keys: &[Vec<Value>], seq: i64, marks: &Marks) -> Vec<Row> {
+        let mut seen = std::collections::HashSet::new();
+        keys.iter().filter(|k| seen.insert(encode_key(k))).filter_map(|k| self.row_for_key(k, seq, marks)).collect()
+    }
+
+    /// The rows whose encoded identity key lies in one of `ranges` (inclusive byte ranges) at
+    /// settled `seq`, in key order: per key, its newest event at or below `seq` decides, as in
+    /// `row_for_key`. Reads only the events filed under those keys. Caller checked `keyed()`.
+    pub fn rows_for_key_ranges(&self, ranges: &[(Vec<u8>, Vec<u8>)], seq: i64, marks: &Marks) -> Vec<Row> {
+        let Some(info) = &self.info else { return Vec::new() };
+        // one state of the history throughout: each event is in the events table or a segment
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        let Some(info) = &self.fresh_info(seq) else { return Vec::new() };
+        // key → (its newest seq, the frame that wrote its image in that seq, if any)
+        let mut newest: std::collections::BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = Default::default();
+        for (lo, hi) in ranges {
+            reader::key_range_events(&self.cat, info.table_id, lo, hi, seq, |key, s, op, frame| {
+                let image = matches!(op, b'i' | b'u');
+                match newest.get_mut(key) {
+                    Some((at, _)) if *at > s => {}
+                    Some((at, f)) if *at == s => {
+                        if image {
+                            *f = Some(frame.to_vec());
+                        }
+                    }
+                    Some(e) => *e = (s, image.then(|| frame.to_vec())),
+                    None => {
+                        newest.insert(key.to_vec(), (s, image.then(|| frame.to_vec())));
+                    }
+                }
+            });
+        }
+        newest
+            .into_values()
+            // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
+            .filter(|(at, _)| !marks.truncates.iter().any(|&(t, _)| t > *at && t <= seq))
+            .filter_map(|(at, frame)| reader::decode_image(&frame?, at).1)
+            .collect()
+    }
+
     /// Every version of every row (`key` None), or of the row(s) with one identity key,
     /// oldest first per row; `f` gets each version.
     pub fn versions(&self, key: Option<&[Value]>, settled: i64, marks: &Marks, mut f: impl FnMut(Version)) {
@@ -360,6 +402,48 @@ impl Source {
                 }
             }
         }
+    }
+
+    /// The versions that start after seq `after` and, when `upto` is below `settled`, end at
+    /// or before `upto` (SQL:2011 CONTAINED IN, and its one-sided forms): only the events in
+    /// `(after, min(upto, settled)]` are read. Each version comes with its true start and end.
+    /// A table whose events do not name rows by a unique key reads every version and filters
+    /// (of two identical rows, which one an update took is not recorded, so a window could
+    /// not tell a version from before it).
+    pub fn versions_window(&self, after: i64, upto: i64, settled: i64, marks: &Marks, mut f: impl FnMut(Version)) {
+        let closed_only = upto < settled;
+        let wanted = |v: &Version| v.start_seq as i64 > after && (!closed_only || v.end_seq.is_some_and(|e| e as i64 <= upto));
+        if !self.keyed() {
+            return self.versions(None, settled, marks, |v| {
+                if wanted(&v) {
+                    f(v)
+                }
+            });
+        }
+        let Some(info) = &self.info else { return };
+        let after = after.max(0);
+        let upto = upto.min(settled);
+        if upto <= after {
+            return;
+        }
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        let Some(info) = &self.fresh_info(settled) else { return };
+        if after < info.history_start_seq {
+            self.note_purged(info, "versions that had ended before it are gone; each version current at the horizon is shown with its true start");
+        }
+        let mut b = VersionBuilder::new(self.key_cols());
+        if info.history_purged {
+            b.set_base_upto(info.history_start_seq as u64);
+        }
+        b.set_window_after(after as u64);
+        reader::events_between(&self.cat, info.table_id, after, upto, |e| {
+            if let Err(err) = b.apply(&e) {
+                reader::corrupted(format!("replaying history: {err}"));
+            }
+            b.drain_closed().filter(&wanted).for_each(&mut f);
+            true
+        });
+        b.finish().into_iter().filter(wanted).for_each(f);
     }
 
     /// Every committed change up to `settled`, in seq order: (seq, committed_at, op, old, new).

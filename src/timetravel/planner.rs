@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use super::scan::{Bound, Cmp, Lookup};
 use super::{guc, scan};
 use crate::history::identity::{self, Identity};
 
@@ -268,7 +269,144 @@ unsafe extern "C-unwind" fn set_rel_pathlist(root: *mut pg_sys::PlannerInfo, rel
     let key = key_pushdown(root, rel, (*rte).relid);
     (*rel).pathlist = std::ptr::null_mut();
     (*rel).partial_pathlist = std::ptr::null_mut();
-    scan::add_path(root, rel, source, key);
+    match key {
+        Some(key) => scan::add_path(root, rel, &source, Lookup::Key(key), 1.0),
+        None => {
+            // the full state, and (the cheaper wins) a read of a set or range of keys
+            scan::add_path(root, rel, &source, Lookup::Full, 0.0);
+            if let Some((lookup, rows)) = key_set_pushdown(root, rel, (*rte).relid) {
+                scan::add_path(root, rel, &source, lookup, rows);
+            }
+        }
+    }
+}
+
+/// Is `n` (relabels stripped) a column of the scanned relation itself? Its attnum.
+unsafe fn own_column(rel: *mut pg_sys::RelOptInfo, n: *mut pg_sys::Node) -> Option<i16> {
+    let n = strip_relabel(n);
+    if (*n).type_ != pg_sys::NodeTag::T_Var {
+        return None;
+    }
+    let v = n as *mut pg_sys::Var;
+    ((*v).varno as u32 == (*rel).relid && (*v).varlevelsup == 0 && (*v).varattno > 0).then_some((*v).varattno)
+}
+
+/// Can `other` be computed before the scan starts: no Vars (of this or another relation: no
+/// parameterized history paths yet), nothing volatile?
+unsafe fn computable_first(root: *mut pg_sys::PlannerInfo, other: *mut pg_sys::Node) -> bool {
+    pg_sys::bms_is_empty(pg_sys::pull_varnos(root, other)) && !pg_sys::contain_volatile_functions(other)
+}
+
+fn is_int(t: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup (domains resolve to their base type)
+    matches!(unsafe { pg_sys::getBaseType(t) }, pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID)
+}
+
+/// The comparisons of `rel`'s quals `<column> op <value>` (either order; the operator
+/// commuted when the column is on the right), the value computable before the scan, whose
+/// column `col` accepts: (column attnum, btree strategy in `opfamily`, value, the clause).
+unsafe fn comparisons(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    col: impl Fn(*mut pg_sys::Node) -> Option<i16>,
+    opfamily: impl Fn(i16) -> pg_sys::Oid,
+) -> Vec<(i16, u16, *mut pg_sys::Node, *mut pg_sys::RestrictInfo)> {
+    let mut out = Vec::new();
+    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
+    for ri in ris.iter_ptr() {
+        let clause = (*ri).clause as *mut pg_sys::Node;
+        if (*ri).pseudoconstant || (*clause).type_ != pg_sys::NodeTag::T_OpExpr {
+            continue;
+        }
+        let op = clause as *mut pg_sys::OpExpr;
+        let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
+        if args.len() != 2 {
+            continue;
+        }
+        for (i, (var, other)) in [(args.get_ptr(0).unwrap(), args.get_ptr(1).unwrap()), (args.get_ptr(1).unwrap(), args.get_ptr(0).unwrap())].into_iter().enumerate() {
+            let Some(attno) = col(var) else { continue };
+            let strategy = pg_sys::get_op_opfamily_strategy((*op).opno, opfamily(attno));
+            if strategy == 0 || !computable_first(root, other) {
+                continue;
+            }
+            // `value < col` is `col > value`
+            let strategy = if i == 0 { strategy as u16 } else { pg_sys::BTMaxStrategyNumber as u16 + 1 - strategy as u16 };
+            out.push((attno, strategy, other, ri));
+        }
+    }
+    out
+}
+
+fn cmp_of(strategy: u16) -> Option<Cmp> {
+    match strategy as u32 {
+        pg_sys::BTLessStrategyNumber => Some(Cmp::Lt),
+        pg_sys::BTLessEqualStrategyNumber => Some(Cmp::Le),
+        pg_sys::BTGreaterEqualStrategyNumber => Some(Cmp::Ge),
+        pg_sys::BTGreaterStrategyNumber => Some(Cmp::Gt),
+        _ => None,
+    }
+}
+
+/// A one-column identity compared with `= ANY(array)`, or (an integer identity) bounded by
+/// `<` `<=` `>` `>=` (BETWEEN is two of them): the lookup, and how many rows it should return.
+unsafe fn key_set_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid) -> Option<(Lookup, f64)> {
+    let r = pg_sys::RelationIdGetRelation(relid);
+    let ident = identity::of(r);
+    let desc = (*r).rd_att;
+    let attr = |a: i16| *(*desc).attrs.as_slice((*desc).natts as usize).get(a as usize - 1).expect("a column of the table");
+    let col = match ident {
+        Identity::Key(cols) if cols.len() == 1 => cols[0] as i16,
+        _ => {
+            pg_sys::RelationClose(r);
+            return None;
+        }
+    };
+    let a = attr(col);
+    pg_sys::RelationClose(r);
+    if !key_type_ok(a.atttypid, a.attcollation) {
+        return None;
+    }
+    // col = ANY(array): each element looked up by the key index
+    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
+    for ri in ris.iter_ptr() {
+        let clause = (*ri).clause as *mut pg_sys::Node;
+        if (*ri).pseudoconstant || (*clause).type_ != pg_sys::NodeTag::T_ScalarArrayOpExpr {
+            continue;
+        }
+        let sa = clause as *mut pg_sys::ScalarArrayOpExpr;
+        let args = pgrx::PgList::<pg_sys::Node>::from_pg((*sa).args);
+        if !(*sa).useOr || args.len() != 2 || own_column(rel, args.get_ptr(0).unwrap()) != Some(col) {
+            continue;
+        }
+        let arr = args.get_ptr(1).unwrap();
+        let elem = pg_sys::get_element_type(pg_sys::exprType(arr));
+        let tce = pg_sys::lookup_type_cache(pg_sys::getBaseType(a.atttypid), pg_sys::TYPECACHE_EQ_OPR as i32);
+        let same_eq = !tce.is_null() && (*tce).eq_opr == (*sa).opno;
+        let int_eq = is_int(a.atttypid)
+            && is_int(elem)
+            && pg_sys::get_op_opfamily_strategy((*sa).opno, pg_sys::INTEGER_BTREE_FAM_OID) == pg_sys::BTEqualStrategyNumber as i32;
+        if elem == pg_sys::InvalidOid || !(same_eq || int_eq) || !computable_first(root, arr) {
+            continue;
+        }
+        return Some((Lookup::AnyOf(col as u16, arr), pg_sys::estimate_array_length(arr).max(1) as f64));
+    }
+    // integer bounds: the key index read over the range of encoded keys
+    if !is_int(a.atttypid) {
+        return None;
+    }
+    let mut bounds = Vec::new();
+    let mut used: *mut pg_sys::List = std::ptr::null_mut();
+    for (_, strategy, other, ri) in comparisons(root, rel, |n| own_column(rel, n).filter(|&c| c == col), |_| pg_sys::INTEGER_BTREE_FAM_OID) {
+        if let (Some(c), true) = (cmp_of(strategy), is_int(pg_sys::exprType(other))) {
+            bounds.push((Bound::Key(c), other));
+            used = pg_sys::lappend(used, ri as *mut _);
+        }
+    }
+    if bounds.is_empty() {
+        return None;
+    }
+    let sel = pg_sys::clauselist_selectivity(root, used, (*rel).relid as i32, pg_sys::JoinType::JOIN_INNER, std::ptr::null_mut());
+    Some((Lookup::KeyRange(col as u16, bounds), (sel * (*rel).tuples).max(1.0)))
 }
 
 /// The marker TABLESAMPLE of a table reference, if any.
@@ -307,14 +445,7 @@ unsafe fn refuse_if_written(root: *mut pg_sys::PlannerInfo, rti: pg_sys::Index, 
 
 /// Equality on every identity column: (attnum, value expression) in identity order.
 unsafe fn key_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid) -> Option<Vec<(u16, *mut pg_sys::Node)>> {
-    key_pushdown_by(root, rel, relid, |n| {
-        let n = strip_relabel(n);
-        if (*n).type_ != pg_sys::NodeTag::T_Var {
-            return None;
-        }
-        let v = n as *mut pg_sys::Var;
-        ((*v).varno as u32 == (*rel).relid && (*v).varlevelsup == 0 && (*v).varattno > 0).then_some((*v).varattno)
-    })
+    key_pushdown_by(root, rel, relid, |n| own_column(rel, n))
 }
 
 /// `versions(NULL::t)` in FROM with equality on `(v.data).<identity column>` for every identity
@@ -352,10 +483,61 @@ unsafe fn versions_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::Re
         let v = arg as *mut pg_sys::Var;
         ((*v).varno as u32 == relno && (*v).varlevelsup == 0 && (*v).varattno == 5).then_some((*fs).fieldnum)
     });
-    let Some(key) = key else { return };
+    let lookup = match key {
+        Some(key) => Lookup::Key(key),
+        None => {
+            let bounds = window_bounds(root, rel);
+            if bounds.is_empty() {
+                return;
+            }
+            Lookup::Window(bounds)
+        }
+    };
     (*rel).pathlist = std::ptr::null_mut();
     (*rel).partial_pathlist = std::ptr::null_mut();
-    scan::add_versions_path(root, rel, relid, key);
+    scan::add_versions_path(root, rel, relid, lookup);
+}
+
+/// Bounds of a `versions()` reference that limit which events must be read: a lower bound on
+/// where versions start (`seq_start`/`system_time_start` `>=`, `>`, `=`) and an upper bound on
+/// where they end (`seq_end`/`system_time_end` `<=`, `<`, `=`). Equality pushes down as the
+/// inclusive bound (a superset; every qual is rechecked). Bounds on the other sides (versions
+/// that end after a point, as FROM..TO and BETWEEN have) need the versions open at that point
+/// with their starts, and are only filtered.
+unsafe fn window_bounds(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo) -> Vec<(Bound, *mut pg_sys::Node)> {
+    let relno = (*rel).relid;
+    let column = |n: *mut pg_sys::Node| {
+        let n = strip_relabel(n);
+        if (*n).type_ != pg_sys::NodeTag::T_Var {
+            return None;
+        }
+        let v = n as *mut pg_sys::Var;
+        ((*v).varno as u32 == relno && (*v).varlevelsup == 0 && (1..=4).contains(&(*v).varattno)).then_some((*v).varattno)
+    };
+    let tce = pg_sys::lookup_type_cache(pg_sys::TIMESTAMPTZOID, pg_sys::TYPECACHE_BTREE_OPFAMILY as i32);
+    let time_family = if tce.is_null() { pg_sys::InvalidOid } else { (*tce).btree_opf };
+    // columns: 1 system_time_start, 2 system_time_end, 3 seq_start, 4 seq_end
+    let family = |attno: i16| if attno <= 2 { time_family } else { pg_sys::INTEGER_BTREE_FAM_OID };
+    let mut out = Vec::new();
+    for (attno, strategy, other, _) in comparisons(root, rel, column, family) {
+        let is_start = attno == 1 || attno == 3;
+        let c = match (strategy as u32, is_start) {
+            (pg_sys::BTEqualStrategyNumber, true) => Cmp::Ge,
+            (pg_sys::BTEqualStrategyNumber, false) => Cmp::Le,
+            _ => match cmp_of(strategy) {
+                Some(c @ (Cmp::Ge | Cmp::Gt)) if is_start => c,
+                Some(c @ (Cmp::Le | Cmp::Lt)) if !is_start => c,
+                _ => continue,
+            },
+        };
+        let t = pg_sys::exprType(other);
+        if attno <= 2 && t == pg_sys::TIMESTAMPTZOID {
+            out.push((Bound::Time(c), other));
+        } else if attno > 2 && is_int(t) {
+            out.push((Bound::Seq(c), other));
+        }
+    }
+    out
 }
 
 /// Equality on every identity column of `relid`, the column reference recognised by `col`

@@ -289,6 +289,34 @@ fn key_rows_desc<T>(
     });
 }
 
+/// Every event (markers included) filed under a key in `[lo, hi]` (encoded keys, inclusive)
+/// with `seq <= hi_seq`, from the events table and the compacted segments, in no particular
+/// order: `f(key, seq, op, frame)`. The caller holds the table's read lock
+/// (`segments::read_lock`), so no compaction commits meanwhile and each event is seen once.
+pub fn key_range_events(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&[u8], i64, u8, &[u8])) {
+    // SAFETY: catalog-style read of driftdb.events through events_key; the bound datums are
+    // byteas built in the current context.
+    unsafe {
+        // scan keys name heap columns: table_id (1), key (5), seq (2)
+        let keys = [
+            (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
+            (5, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::F_BYTEAGE, lo.into_datum().unwrap()),
+            (5, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_BYTEALE, hi.into_datum().unwrap()),
+            (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi_seq)),
+        ];
+        catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
+            let key = catalog::attr(tup, rel, 5).map(|d| {
+                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v))
+            });
+            let (seq, op, frame) = event_cols(tup, rel);
+            f(key.unwrap_or(&[]), seq, op, frame);
+            true
+        });
+    }
+    crate::segments::range_entries(cat, table_id, lo, hi, hi_seq, |e| f(&e.key, e.seq, e.op, &e.frame));
+}
+
 /// The newest snapshot of the table with seq ≤ `hi`: (seq, number of blocks).
 pub fn latest_snapshot(cat: &Catalog, table_id: i32, hi: i64) -> Option<i64> {
     let mut found = None;

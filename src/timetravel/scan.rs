@@ -1,14 +1,21 @@
 //! The DriftDB history scan: a CustomScan that returns a driftdb table's rows as of a point.
 //!
-//! Path (`add_path`, from `planner.rs`): the only path of a historical table reference.
-//! Plan: `custom_private` = [mode, key attnums...] (int4 constants), `custom_exprs` =
-//! [point expression (a NULL constant in session mode), key value expressions...]; all of the
-//! reference's quals stay in the plan's qual list and are rechecked on every row (row-level
-//! security policies among them).
-//! Execution: on the first fetch (and after a rescan) the point and key values are evaluated,
-//! the point resolved to a settled bound, and either one key's row read from the key index
-//! or the whole state built (snapshot + replay); rows are decoded into the virtual scan slot.
-//! EXPLAIN shows the point's source and the lookup strategy.
+//! Paths (`add_path`, from `planner.rs`): the only paths of a historical table reference —
+//! the full state, and with it, when the quals allow, a read of a set or range of identity keys
+//! (the cheaper wins); for `versions(NULL::t)`, the versions of one key or of a window of seqs.
+//! What was pushed down is a `Lookup`: equality on every identity column, `col = ANY(array)`,
+//! integer bounds on a one-column identity, or bounds on where versions start and end.
+//! Plan: `custom_private` = [mode, relid (versions) or 0, kind, [attnums], [one tag per pushed
+//! expression]] (int4 constants), `custom_exprs` = [point expression (a NULL constant in
+//! session and versions mode), pushed-down expressions...]. All of the reference's quals stay
+//! in the plan's qual list and are rechecked on every row (row-level security policies among
+//! them; a range read may return a superset), except a versions key's own equality.
+//! Execution: on the first fetch (and after a rescan) the point and pushed-down values are
+//! evaluated, the point resolved to a settled bound, and the rows read: one key's (or a list
+//! of keys') from the key index, a key range's from the key index and the segments whose key
+//! range overlaps, or the whole state (snapshot + replay); rows are decoded into the virtual
+//! scan slot. EXPLAIN shows the point's source, what was pushed down and, under ANALYZE, what
+//! the read did.
 use std::ffi::CStr;
 
 use driftdb_core::{Row, Value};
@@ -86,56 +93,149 @@ unsafe fn new_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo)
     cp
 }
 
-/// Append the pushed-down key to the path's private list ([.., nkeys, attnums.., exprs..]) and
-/// add the path.
-unsafe fn finish_path(rel: *mut pg_sys::RelOptInfo, cp: *mut pg_sys::CustomPath, mut private: *mut pg_sys::List, key: &[(u16, *mut pg_sys::Node)]) {
-    private = pg_sys::lappend(private, int_const(key.len() as i32) as *mut _);
-    for (a, _) in key {
-        private = pg_sys::lappend(private, int_const(*a as i32) as *mut _);
+/// A comparison pushed into the scan: which column it bounds, and how.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Bound {
+    /// the (one-column, integer) identity key: `>=` `>` `<=` `<`
+    Key(Cmp),
+    /// versions: `seq_start >=`/`>` (lower) or `seq_end <=`/`<` (upper)
+    Seq(Cmp),
+    /// versions: `system_time_start >=`/`>` (lower) or `system_time_end <=`/`<` (upper)
+    Time(Cmp),
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Cmp {
+    Ge,
+    Gt,
+    Le,
+    Lt,
+}
+
+impl Bound {
+    fn tag(self) -> i32 {
+        let (class, c) = match self {
+            Bound::Key(c) => (0, c),
+            Bound::Seq(c) => (1, c),
+            Bound::Time(c) => (2, c),
+        };
+        class * 10 + c as i32 + 1
     }
-    for (_, e) in key {
-        private = pg_sys::lappend(private, *e as *mut _);
+
+    fn of_tag(t: i32) -> Bound {
+        let c = [Cmp::Ge, Cmp::Gt, Cmp::Le, Cmp::Lt][(t % 10 - 1) as usize];
+        match t / 10 {
+            0 => Bound::Key(c),
+            1 => Bound::Seq(c),
+            _ => Bound::Time(c),
+        }
+    }
+}
+
+/// What the planner pushed into the scan.
+pub enum Lookup {
+    /// nothing: the whole state (or every version)
+    Full,
+    /// equality on every identity column: (attnum, value expression) in identity order
+    Key(Vec<(u16, *mut pg_sys::Node)>),
+    /// `col = ANY(array)` on a one-column identity
+    AnyOf(u16, *mut pg_sys::Node),
+    /// bounds on a one-column integer identity
+    KeyRange(u16, Vec<(Bound, *mut pg_sys::Node)>),
+    /// versions: bounds on their start (lower) and end (upper)
+    Window(Vec<(Bound, *mut pg_sys::Node)>),
+}
+
+const KIND_FULL: i32 = 0;
+const KIND_KEY: i32 = 1;
+const KIND_ANY: i32 = 2;
+const KIND_RANGE: i32 = 3;
+const KIND_WINDOW: i32 = 4;
+
+unsafe fn int_list(v: impl IntoIterator<Item = i32>) -> *mut pg_sys::List {
+    v.into_iter().fold(std::ptr::null_mut(), |l, i| pg_sys::lappend(l, int_const(i) as *mut _))
+}
+
+unsafe fn ints_of(l: *mut pg_sys::Node) -> Vec<i32> {
+    pgrx::PgList::<pg_sys::Node>::from_pg(l as *mut pg_sys::List).iter_ptr().map(|n| const_int(n)).collect()
+}
+
+impl Lookup {
+    /// (kind, attnums, one tag per expression, expressions)
+    unsafe fn parts(&self) -> (i32, Vec<u16>, Vec<i32>, Vec<*mut pg_sys::Node>) {
+        match self {
+            Lookup::Full => (KIND_FULL, vec![], vec![], vec![]),
+            Lookup::Key(k) => (KIND_KEY, k.iter().map(|(a, _)| *a).collect(), vec![0; k.len()], k.iter().map(|(_, e)| *e).collect()),
+            Lookup::AnyOf(a, e) => (KIND_ANY, vec![*a], vec![0], vec![*e]),
+            Lookup::KeyRange(a, b) => (KIND_RANGE, vec![*a], b.iter().map(|(b, _)| b.tag()).collect(), b.iter().map(|(_, e)| *e).collect()),
+            Lookup::Window(b) => (KIND_WINDOW, vec![], b.iter().map(|(b, _)| b.tag()).collect(), b.iter().map(|(_, e)| *e).collect()),
+        }
+    }
+}
+
+/// Path private list: [mode, point expression or relid, kind, [attnums], [tags], exprs...].
+unsafe fn finish_path(rel: *mut pg_sys::RelOptInfo, cp: *mut pg_sys::CustomPath, mode: i32, second: *mut pg_sys::Node, lookup: &Lookup) {
+    let (kind, attnums, tags, exprs) = lookup.parts();
+    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
+    private = pg_sys::lappend(private, second as *mut _);
+    private = pg_sys::lappend(private, int_const(kind) as *mut _);
+    private = pg_sys::lappend(private, int_list(attnums.iter().map(|&a| a as i32)) as *mut _);
+    private = pg_sys::lappend(private, int_list(tags) as *mut _);
+    for e in exprs {
+        private = pg_sys::lappend(private, e as *mut _);
     }
     (*cp).custom_private = private;
     (*cp).methods = std::ptr::addr_of!(PATH_METHODS);
     pg_sys::add_path(rel, cp as *mut pg_sys::Path);
 }
 
-/// Add the history scan path to a historical table reference (its only path).
-pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, source: PointSource, key: Option<Vec<(u16, *mut pg_sys::Node)>>) {
+/// Estimated cost of reading one key's row through the key index: a few index probes.
+const KEY_COST: f64 = 8.0;
+/// Estimated cost per row of a key-range read (each key's events come from the key index):
+/// measured at about 25 times a full read's cost per row from a snapshot (50k rows with 10
+/// versions each: 6.5 µs per key against 0.26 µs per row), so a range of more than about 4% of
+/// the table is read in full.
+const RANGE_ROW_COST: f64 = 1.5;
+
+/// Add a history scan path to a historical table reference. The planner adds the full-state
+/// path, and with it a key-range or key-list path when one is pushable (the cheaper wins).
+pub unsafe fn add_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, source: &PointSource, lookup: Lookup, est_rows: f64) {
     let cp = new_path(root, rel);
-    let (mode, point) = match source {
+    let (mode, point) = match *source {
         PointSource::Session => (MODE_SESSION, null_const()),
         PointSource::Marker(e, true) => (MODE_SEQ, e),
         PointSource::Marker(e, false) => (MODE_TIME, e),
     };
     let tuples = (*rel).tuples.max(1.0);
-    match &key {
-        Some(_) => {
-            (*cp).path.rows = 1.0;
-            (*cp).path.startup_cost = 0.0;
-            (*cp).path.total_cost = 8.0; // a few index probes
-        }
-        None => {
-            (*cp).path.rows = (*rel).rows;
-            (*cp).path.startup_cost = tuples * 0.05; // the state is built before the first row
-            (*cp).path.total_cost = tuples * 0.06;
-        }
-    }
-    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
-    private = pg_sys::lappend(private, point as *mut _);
-    finish_path(rel, cp, private, &key.unwrap_or_default());
+    let (rows, startup, total) = match &lookup {
+        Lookup::Key(_) => (1.0, 0.0, KEY_COST),
+        Lookup::AnyOf(..) => (est_rows, 0.0, est_rows * KEY_COST),
+        Lookup::KeyRange(..) => (est_rows, KEY_COST, KEY_COST + est_rows * RANGE_ROW_COST),
+        // the state is built before the first row
+        Lookup::Full | Lookup::Window(_) => ((*rel).rows, tuples * 0.05, tuples * 0.06),
+    };
+    (*cp).path.rows = rows.max(1.0).min((*rel).rows.max(1.0));
+    (*cp).path.startup_cost = startup;
+    (*cp).path.total_cost = total;
+    finish_path(rel, cp, mode, point, &lookup);
 }
 
-/// The versions-of-one-key path of a `driftdb.versions(NULL::t)` reference.
-pub unsafe fn add_versions_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid, key: Vec<(u16, *mut pg_sys::Node)>) {
+/// A pushed-down path of a `driftdb.versions(NULL::t)` reference: the versions of one key, or
+/// the versions within a window of seqs.
+pub unsafe fn add_versions_path(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::RelOptInfo, relid: pg_sys::Oid, lookup: Lookup) {
     let cp = new_path(root, rel);
-    (*cp).path.rows = 10.0;
+    match lookup {
+        Lookup::Key(_) => {
+            (*cp).path.rows = 10.0;
+            (*cp).path.total_cost = 10.0;
+        }
+        _ => {
+            (*cp).path.rows = (*rel).rows;
+            (*cp).path.total_cost = (*rel).rows.max(1.0) * 0.01;
+        }
+    }
     (*cp).path.startup_cost = 0.0;
-    (*cp).path.total_cost = 10.0;
-    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(MODE_VERSIONS) as *mut _);
-    private = pg_sys::lappend(private, int_const(relid.to_u32() as i32) as *mut _);
-    finish_path(rel, cp, private, &key);
+    finish_path(rel, cp, MODE_VERSIONS, int_const(relid.to_u32() as i32), &lookup);
 }
 
 /// The scan tuple of versions(): (system_time_start, system_time_end, seq_start, seq_end, data).
@@ -164,28 +264,37 @@ unsafe extern "C-unwind" fn plan_path(
     (*cs).scan.plan.targetlist = tlist;
     (*cs).scan.plan.qual = pg_sys::extract_actual_clauses(clauses, false);
     (*cs).scan.scanrelid = (*rel).relid;
+    // path: [mode, point or relid, kind, [attnums], [tags], exprs...]
+    // plan: custom_private [mode, relid (0 unless versions), kind, [attnums], [tags]],
+    //       custom_exprs [point (a NULL constant unless AS OF a marker), exprs...]
     let p = pgrx::PgList::<pg_sys::Node>::from_pg((*best_path).custom_private);
     let mode = const_int(p.get_ptr(0).unwrap());
-    let nkeys = const_int(p.get_ptr(2).unwrap()) as usize;
-    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
+    let kind = const_int(p.get_ptr(2).unwrap());
     let mut exprs;
+    let relid_node;
     if mode == MODE_VERSIONS {
         let relid = pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32);
         (*cs).scan.scanrelid = 0;
         (*cs).custom_scan_tlist = versions_tlist((*rel).relid, relid);
-        private = pg_sys::lappend(private, int_const(relid.to_u32() as i32) as *mut _);
+        relid_node = p.get_ptr(1).unwrap();
         exprs = pg_sys::lappend(std::ptr::null_mut(), null_const() as *mut _);
     } else {
+        relid_node = int_const(0);
         exprs = pg_sys::lappend(std::ptr::null_mut(), p.get_ptr(1).unwrap() as *mut _);
     }
-    for i in 0..nkeys {
-        private = pg_sys::lappend(private, p.get_ptr(3 + i).unwrap() as *mut _);
-        exprs = pg_sys::lappend(exprs, p.get_ptr(3 + nkeys + i).unwrap() as *mut _);
+    let pushed: Vec<*mut pg_sys::Node> = (5..p.len()).map(|i| p.get_ptr(i).unwrap()).collect();
+    for &e in &pushed {
+        exprs = pg_sys::lappend(exprs, e as *mut _);
     }
-    if mode == MODE_VERSIONS {
+    let mut private = pg_sys::lappend(std::ptr::null_mut(), int_const(mode) as *mut _);
+    private = pg_sys::lappend(private, relid_node as *mut _);
+    private = pg_sys::lappend(private, int_const(kind) as *mut _);
+    private = pg_sys::lappend(private, p.get_ptr(3).unwrap() as *mut _);
+    private = pg_sys::lappend(private, p.get_ptr(4).unwrap() as *mut _);
+    if mode == MODE_VERSIONS && kind == KIND_KEY {
         // the engine returns only the versions of the pushed-down key (it compares the key
-        // itself when it has to replay), so the key's equality quals need no recheck
-        let pushed: Vec<*mut pg_sys::Node> = (0..nkeys).map(|i| p.get_ptr(3 + nkeys + i).unwrap()).collect();
+        // itself when it has to replay), so the key's equality quals need no recheck; every
+        // other pushed-down comparison (a superset read) stays in the qual list
         let quals = pgrx::PgList::<pg_sys::Node>::from_pg((*cs).scan.plan.qual);
         let mut kept = std::ptr::null_mut();
         for q in quals.iter_ptr() {
@@ -214,10 +323,14 @@ unsafe fn is_pushed_key_qual(q: *mut pg_sys::Node, pushed: &[*mut pg_sys::Node])
 /// Per-execution state, owned by the node (freed in `end`).
 struct Inner {
     mode: i32,
+    /// what was pushed down (`KIND_*`)
+    kind: i32,
     /// the table (versions mode; otherwise the scan relation)
     relid: pg_sys::Oid,
     attnums: Vec<u16>,
-    /// ExprStates of custom_exprs
+    /// one tag per pushed-down expression (`Bound::tag` for bounds)
+    tags: Vec<i32>,
+    /// ExprStates of custom_exprs: the point, then the pushed-down expressions
     exprs: Vec<*mut pg_sys::ExprState>,
     rows: Option<std::vec::IntoIter<Row>>,
     /// snapshot blocks still to decode (when the state is a snapshot as stored)
@@ -247,10 +360,27 @@ unsafe extern "C-unwind" fn create_state(cscan: *mut pg_sys::CustomScan) -> *mut
     (*s).css.methods = std::ptr::addr_of!(EXEC_METHODS);
     let p = pgrx::PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
     let mode = const_int(p.get_ptr(0).unwrap());
-    let first = if mode == MODE_VERSIONS { 2 } else { 1 };
-    let relid = if mode == MODE_VERSIONS { pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32) } else { pg_sys::InvalidOid };
-    let attnums = (first..p.len()).map(|i| const_int(p.get_ptr(i).unwrap()) as u16).collect();
-    (*s).inner = Box::into_raw(Box::new(Inner { mode, relid, attnums, exprs: Vec::new(), rows: None, blocks: Default::default(), blocks_seq: 0, cursor: None, row_buf: Row(Vec::new()), versions: None, decoder: None, desc: std::ptr::null_mut(), did: None }));
+    let relid = pg_sys::Oid::from(const_int(p.get_ptr(1).unwrap()) as u32);
+    let kind = const_int(p.get_ptr(2).unwrap());
+    let attnums = ints_of(p.get_ptr(3).unwrap()).into_iter().map(|a| a as u16).collect();
+    let tags = ints_of(p.get_ptr(4).unwrap());
+    (*s).inner = Box::into_raw(Box::new(Inner {
+        mode,
+        kind,
+        relid,
+        attnums,
+        tags,
+        exprs: Vec::new(),
+        rows: None,
+        blocks: Default::default(),
+        blocks_seq: 0,
+        cursor: None,
+        row_buf: Row(Vec::new()),
+        versions: None,
+        decoder: None,
+        desc: std::ptr::null_mut(),
+        did: None,
+    }));
     s as *mut pg_sys::Node
 }
 
@@ -286,6 +416,77 @@ unsafe fn eval_key(node: *mut pg_sys::CustomScanState) -> Option<Vec<Value>> {
         .collect()
 }
 
+/// The values of `col = ANY(array)`, each a one-column key (NULL elements match nothing).
+unsafe fn eval_any(node: *mut pg_sys::CustomScanState) -> Vec<Vec<Value>> {
+    let st = inner(node);
+    let Some(d) = eval(node, st.exprs[1]) else { return Vec::new() };
+    let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+    let elem = (*arr).elemtype;
+    let (mut len, mut byval, mut align) = (0i16, false, 0 as std::ffi::c_char);
+    pg_sys::get_typlenbyvalalign(elem, &mut len, &mut byval, &mut align);
+    let (mut datums, mut nulls, mut n) = (std::ptr::null_mut(), std::ptr::null_mut(), 0i32);
+    pg_sys::deconstruct_array(arr, elem, len as i32, byval, align, &mut datums, &mut nulls, &mut n);
+    (0..n as usize)
+        .filter(|&i| !*nulls.add(i))
+        .map(|i| vec![codec::datum_to_value(*datums.add(i), elem)])
+        .collect()
+}
+
+/// The pushed-down bounds as integers (µs for times); None if one is NULL (a comparison with
+/// NULL is never true: no row).
+unsafe fn eval_bounds(node: *mut pg_sys::CustomScanState) -> Option<Vec<(Bound, i64)>> {
+    let st = inner(node);
+    let tags = st.tags.clone();
+    let exprs = st.exprs[1..].to_vec();
+    tags.iter()
+        .zip(exprs)
+        .map(|(&t, e)| {
+            let d = eval(node, e)?;
+            let v = match codec::datum_to_value(d, pg_sys::exprType((*e).expr as *mut pg_sys::Node)) {
+                Value::Int(i) | Value::TimestampTz(i) => i,
+                other => unreachable!("the planner pushes integer and timestamptz bounds only, not {other:?}"),
+            };
+            Some((Bound::of_tag(t), v))
+        })
+        .collect()
+}
+
+/// The inclusive integer range the key bounds leave (None: empty).
+fn key_range(bounds: &[(Bound, i64)]) -> Option<(i64, i64)> {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for &(b, v) in bounds {
+        match b {
+            Bound::Key(Cmp::Ge) => lo = lo.max(v),
+            Bound::Key(Cmp::Gt) => lo = lo.max(v.checked_add(1)?),
+            Bound::Key(Cmp::Le) => hi = hi.min(v),
+            Bound::Key(Cmp::Lt) => hi = hi.min(v.checked_sub(1)?),
+            _ => {}
+        }
+    }
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// The seq window `(after, upto]` the versions bounds leave (times resolved to seqs: the
+/// commit times of seqs never decrease, so `start > t` is `start_seq > seq_at(t)`).
+fn window(cat: &Catalog, bounds: &[(Bound, i64)]) -> (i64, i64) {
+    let at = |t: i64| engine::resolve(cat, Point::Time(t));
+    let (mut after, mut upto) = (0i64, i64::MAX);
+    for &(b, v) in bounds {
+        match b {
+            Bound::Seq(Cmp::Ge) => after = after.max(v.saturating_sub(1)),
+            Bound::Seq(Cmp::Gt) => after = after.max(v),
+            Bound::Seq(Cmp::Le) => upto = upto.min(v),
+            Bound::Seq(Cmp::Lt) => upto = upto.min(v.saturating_sub(1)),
+            Bound::Time(Cmp::Ge) => after = after.max(at(v.saturating_sub(1))),
+            Bound::Time(Cmp::Gt) => after = after.max(at(v)),
+            Bound::Time(Cmp::Le) => upto = upto.min(at(v)),
+            Bound::Time(Cmp::Lt) => upto = upto.min(at(v.saturating_sub(1))),
+            Bound::Key(_) => {}
+        }
+    }
+    (after, upto)
+}
+
 /// versions mode: the versions of the pushed-down key.
 unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_core::Version> {
     let st = inner(node);
@@ -299,13 +500,25 @@ unsafe fn compute_versions(node: *mut pg_sys::CustomScanState) -> Vec<driftdb_co
         st.decoder = Some(srf::decoder_for(rel, &marks));
         st.desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
     }
-    let Some(key) = eval_key(node) else {
-        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    src.versions(Some(&key), settled, &marks, |v| out.push(v));
-    st.did = Some(if src.keyed() { "versions of one identity key (key index)".into() } else { "versions of one key (full replay: identity changed)".into() });
+    if st.kind == KIND_WINDOW {
+        match eval_bounds(node) {
+            None => st.did = Some("a bound is NULL: no versions".into()),
+            Some(b) => {
+                let (after, upto) = window(&cat, &b);
+                src.versions_window(after, upto, settled, &marks, |v| out.push(v));
+                let end = upto.min(settled);
+                st.did = Some(if src.keyed() {
+                    format!("versions starting after seq {after}: events of seqs ({after}, {end}] replayed")
+                } else {
+                    "every version, filtered (no unique identity key to read a window by)".into()
+                });
+            }
+        }
+    } else if let Some(key) = eval_key(node) {
+        src.versions(Some(&key), settled, &marks, |v| out.push(v));
+        st.did = Some(if src.keyed() { "versions of one identity key (key index)".into() } else { "versions of one key (full replay: identity changed)".into() });
+    }
     pg_sys::relation_close(rel, pg_sys::NoLock as i32);
     out
 }
@@ -330,13 +543,32 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
     if st.decoder.is_none() {
         st.decoder = Some(srf::decoder_for(rel, &marks));
     }
-    if !st.attnums.is_empty() && src.keyed() {
-        let Some(key) = eval_key(node) else {
-            st.did = Some("identity key lookup (NULL key: no row)".into());
-            return Vec::new();
-        };
-        st.did = Some("identity key lookup".into());
-        return src.row_for_key(&key, seq, &marks).into_iter().collect();
+    if st.kind != KIND_FULL && src.keyed() {
+        match st.kind {
+            KIND_KEY => {
+                let Some(key) = eval_key(node) else {
+                    st.did = Some("identity key lookup (NULL key: no row)".into());
+                    return Vec::new();
+                };
+                st.did = Some("identity key lookup".into());
+                return src.row_for_key(&key, seq, &marks).into_iter().collect();
+            }
+            KIND_ANY => {
+                let keys = eval_any(node);
+                st.did = Some(format!("identity key lookups: {} keys", keys.len()));
+                return src.rows_for_keys(&keys, seq, &marks);
+            }
+            _ => {
+                let Some((lo, hi)) = eval_bounds(node).as_deref().and_then(key_range) else {
+                    st.did = Some("identity key range: empty".into());
+                    return Vec::new();
+                };
+                let rows = src.rows_for_key_ranges(&driftdb_core::int_key_ranges(lo, hi), seq, &marks);
+                let show = |v: i64, inf: &str| if v == i64::MIN || v == i64::MAX { inf.to_string() } else { v.to_string() };
+                st.did = Some(format!("identity key range [{}, {}] (key index): {} rows", show(lo, "-inf"), show(hi, "+inf"), rows.len()));
+                return rows;
+            }
+        }
     }
     match src.state_at(seq) {
         (engine::Rows::Blocks { seq: snap, blocks }, _) => {
@@ -468,36 +700,58 @@ unsafe fn key_names(rel: pg_sys::Relation, attnums: &[u16]) -> String {
     attnums.iter().map(|&a| pgrx::name_data_to_str(&attrs[a as usize - 1].attname)).collect::<Vec<_>>().join(", ")
 }
 
+/// "id >= pushed-down value, id < pushed-down value": the pushed-down bounds, for EXPLAIN.
+fn bounds_text(tags: &[i32], col: &str) -> String {
+    let ops = [">=", ">", "<=", "<"];
+    tags.iter()
+        .map(|&t| {
+            let (name, c) = match Bound::of_tag(t) {
+                Bound::Key(c) => (col, c),
+                Bound::Seq(c) => (if matches!(c, Cmp::Ge | Cmp::Gt) { "seq_start" } else { "seq_end" }, c),
+                Bound::Time(c) => (if matches!(c, Cmp::Ge | Cmp::Gt) { "system_time_start" } else { "system_time_end" }, c),
+            };
+            format!("{name} {} pushed-down value", ops[c as usize])
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn explain(node: *mut pg_sys::CustomScanState, _ancestors: *mut pg_sys::List, es: *mut pg_sys::ExplainState) {
     let st = inner(node);
-    if st.mode == MODE_VERSIONS {
-        let rel = pg_sys::relation_open(st.relid, pg_sys::AccessShareLock as i32);
-        let names = key_names(rel, &st.attnums);
-        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-        let v = std::ffi::CString::new(format!("versions of identity key ({names}) = pushed-down values")).unwrap();
-        pg_sys::ExplainPropertyText(c"History Lookup".as_ptr(), v.as_ptr(), es);
-        if let Some(d) = &st.did {
-            let v = std::ffi::CString::new(d.as_str()).unwrap();
-            pg_sys::ExplainPropertyText(c"History Read".as_ptr(), v.as_ptr(), es);
-        }
-        return;
-    }
-    let point = match st.mode {
-        MODE_SESSION => "driftdb.as_of setting",
-        MODE_SEQ => "commit seq (driftdb.as_of_seq)",
-        _ => "time (driftdb.as_of_time)",
-    };
     let prop = |k: &CStr, v: &str| {
         let v = std::ffi::CString::new(v).unwrap();
         pg_sys::ExplainPropertyText(k.as_ptr(), v.as_ptr(), es);
     };
-    prop(c"AS OF", point);
-    if st.attnums.is_empty() {
-        prop(c"History Lookup", "full state (newest snapshot + replay)");
+    let rel = if st.mode == MODE_VERSIONS { pg_sys::relation_open(st.relid, pg_sys::AccessShareLock as i32) } else { (*node).ss.ss_currentRelation };
+    let names = key_names(rel, &st.attnums);
+    if st.mode == MODE_VERSIONS {
+        pg_sys::relation_close(rel, pg_sys::NoLock as i32);
+        prop(
+            c"History Lookup",
+            &match st.kind {
+                KIND_KEY => format!("versions of identity key ({names}) = pushed-down values"),
+                _ => format!("versions with {}", bounds_text(&st.tags, "")),
+            },
+        );
     } else {
-        let names = key_names((*node).ss.ss_currentRelation, &st.attnums);
-        prop(c"History Lookup", &format!("identity key ({names}) = pushed-down values"));
+        prop(
+            c"AS OF",
+            match st.mode {
+                MODE_SESSION => "driftdb.as_of setting",
+                MODE_SEQ => "commit seq (driftdb.as_of_seq)",
+                _ => "time (driftdb.as_of_time)",
+            },
+        );
+        prop(
+            c"History Lookup",
+            &match st.kind {
+                KIND_FULL => "full state (newest snapshot + replay)".to_string(),
+                KIND_KEY => format!("identity key ({names}) = pushed-down values"),
+                KIND_ANY => format!("identity key ({names}) = ANY (pushed-down array)"),
+                _ => format!("identity key range: {}", bounds_text(&st.tags, &names)),
+            },
+        );
     }
     if let Some(d) = &st.did {
         prop(c"History Read", d);
