@@ -36,6 +36,9 @@
 #                                          also on bench_heap)
 #   full_ts   full AS OF read, random time SELECT <agg> FROM (SELECT * FROM <as of ts> OFFSET 0) s
 #   full_seq  full AS OF read, random seq  the same by seq                          (driftdb only)
+#   range_cur current read of 100 keys     SELECT count(*), sum(v) FROM t WHERE id BETWEEN :id AND :id + 99
+#                                          (baseline; an index range scan)
+#   range_ts  AS OF read of 100 keys, random time: the same on <as of ts>
 # <agg> (--full-read): `columns` (default) = count(*), max(id), sum(v), max(amount),
 # sum(length(name)), max(updated_at) — every column is read from every row in both the baseline and
 # the AS OF read; `count` = count(*) only, where a heap scan never deforms a tuple (the harshest
@@ -66,7 +69,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 NROWS=100000 UPDATES=10 DEPTH_FACTOR=10 CLIENTS=1 TIME=5 RUNS_N=3 PROTOCOL=prepared
-QUERIES="pk asof_ts asof_seq versions full_cur full_ts full_seq" FULL_READ=columns
+QUERIES="pk asof_ts asof_seq versions full_cur full_ts full_seq range_cur range_ts" FULL_READ=columns
 PERIODS_INDEX="(id, system_time_end)" SNAPSHOTS=auto STMT_TIMEOUT=120 SKIP_MISSING=0
 SYSTEMS=$ALL_SYSTEMS RESULTS_FILE=
 while [ $# -gt 0 ]; do
@@ -106,12 +109,13 @@ case "$FULL_READ" in
   *) die "--full-read columns|count" ;;
 esac
 for q in $QUERIES; do
-  case "$q" in pk|asof_ts|asof_seq|versions|full_cur|full_ts|full_seq) ;; *) die "unknown query $q" ;; esac
+  case "$q" in pk|asof_ts|asof_seq|versions|full_cur|full_ts|full_seq|range_cur|range_ts) ;; *) die "unknown query $q" ;; esac
 done
 for s in $SYSTEMS; do case "$s" in heap|driftdb|periods) ;; *) die "unknown system $s" ;; esac; done
 # the ratios need each system's own baseline
 for q in $QUERIES; do case "$q" in asof_*|versions) [[ " $QUERIES " == *" pk "* ]] || die "--queries: $q needs pk (its baseline)" ;; esac; done
 for q in $QUERIES; do case "$q" in full_ts|full_seq) [[ " $QUERIES " == *" full_cur "* ]] || die "--queries: $q needs full_cur (its baseline)" ;; esac; done
+for q in $QUERIES; do case "$q" in range_ts) [[ " $QUERIES " == *" range_cur "* ]] || die "--queries: $q needs range_cur (its baseline)" ;; esac; done
 JOBS=$(( CLIENTS < NCPU ? CLIENTS : NCPU ))
 
 has() { [[ " $1 " == *" $2 "* ]]; }
@@ -274,6 +278,11 @@ check_db() {  # SYS DEPTH: every time-travel query returns the right rows at rou
     out=$(psql_q -d "$db" -Atc "SELECT string_agg(v::text, ',') FROM $(asof_ts_from "$sys" "(SELECT ts FROM tt_rounds WHERE round = $k)") WHERE id = $id" 2>&1) \
       || die "$db: AS OF point lookup failed: $out"
     [ "$out" = "$k" ] || die "$db: AS OF round $k point lookup of id $id returned v=$out, expected $k"
+    # the range form (100 keys, or all of a smaller table)
+    local nr=$(( NROWS < 100 ? NROWS : 100 ))
+    out=$(psql_q -d "$db" -Atc "SELECT count(*) || '/' || coalesce(sum(v), 0) FROM $(asof_ts_from "$sys" "(SELECT ts FROM tt_rounds WHERE round = $k)") x WHERE id BETWEEN 1 AND 100" 2>&1) \
+      || die "$db: AS OF range read failed: $out"
+    [ "$out" = "$nr/$((nr * k))" ] || die "$db: AS OF round $k range read of ids 1..100 returned $out (count/sum(v)), expected $nr/$((nr * k))"
   done
   id=$(( (NROWS + 1) / 2 ))
   if ! out=$(psql_q -d "$db" -Atc "SELECT count(*) FROM ($(versions_sql "$sys" "$id")) x" 2>&1); then
@@ -302,7 +311,7 @@ applies() {  # QUERY SYS → true when that system runs that query
   case "$sys" in
     heap) [ "$q" = full_cur ] ;;
     periods) case "$q" in asof_seq|full_seq) return 1 ;; *) return 0 ;; esac ;;
-    driftdb) case "$q" in pk|full_cur) return 0 ;; *) [ "$DRIFTDB_TT" = 1 ] ;; esac ;;
+    driftdb) case "$q" in pk|full_cur|range_cur) return 0 ;; *) [ "$DRIFTDB_TT" = 1 ] ;; esac ;;
   esac
 }
 
@@ -312,6 +321,7 @@ write_script() {  # QUERY SYS → path of the pgbench script
   {
     echo "-- time_travel.sh $q on $sys (one transaction = one query)"
     echo "\\set id random(1, :nrows)"
+    echo "\\set lo random(1, greatest(:nrows - 99, 1))"
     echo "\\set ts_us :t0_us + random(0, :span_us)"
     echo "\\set seq random(:seq0, :seqn)"
     case "$q" in
@@ -322,6 +332,8 @@ write_script() {  # QUERY SYS → path of the pgbench script
       full_cur) echo "SELECT $AGG FROM (SELECT * FROM t OFFSET 0) s;" ;;
       full_ts)  echo "SELECT $AGG FROM (SELECT * FROM $(asof_ts_from "$sys" "$TSEXPR") OFFSET 0) s;" ;;
       full_seq) echo "SELECT $AGG FROM (SELECT * FROM $(asof_seq_from ":seq") OFFSET 0) s;" ;;
+      range_cur) echo "SELECT count(*), sum(v) FROM t WHERE id BETWEEN :lo AND :lo + 99;" ;;
+      range_ts) echo "SELECT count(*), sum(v) FROM $(asof_ts_from "$sys" "$TSEXPR") x WHERE id BETWEEN :lo AND :lo + 99;" ;;
     esac
   } >"$f"
   echo "$f"
@@ -336,9 +348,11 @@ label() {
     full_cur) echo "time travel: current full read [baseline]" ;;
     full_ts) echo "time travel: full AS OF read, random time" ;;
     full_seq) echo "time travel: full AS OF read, random seq" ;;
+    range_cur) echo "time travel: current read of 100 keys [baseline]" ;;
+    range_ts) echo "time travel: AS OF read of 100 keys, random time" ;;
   esac
 }
-baseline_of() { case "$1" in pk|asof_*|versions) echo pk ;; *) echo full_cur ;; esac; }
+baseline_of() { case "$1" in pk|asof_*|versions) echo pk ;; range_*) echo range_cur ;; *) echo full_cur ;; esac; }
 
 # ---- build everything --------------------------------------------------------------------------------
 
@@ -443,12 +457,13 @@ explain_all() {
     db=$(dbname "$sys" "$depth"); n=$(updates_of "$depth")
     ts=$(psql_q -d "$db" -Atc "SELECT ts FROM tt_rounds WHERE round = $((n / 2))")
     seqm=$(psql_q -d "$db" -Atc "SELECT seq FROM tt_rounds WHERE round = $((n / 2))")
-    for q in asof_ts asof_seq versions; do
+    for q in asof_ts asof_seq versions range_ts; do
       has "$QUERIES" "$q" && applies "$q" "$sys" || continue
       case "$q" in
         asof_ts)  sql="SELECT * FROM $(asof_ts_from "$sys" "'$ts'::timestamptz") WHERE id = $id" ;;
         asof_seq) sql="SELECT * FROM $(asof_seq_from "$seqm") WHERE id = $id" ;;
         versions) sql=$(versions_sql "$sys" "$id") ;;
+        range_ts) sql="SELECT count(*), sum(v) FROM $(asof_ts_from "$sys" "'$ts'::timestamptz") x WHERE id BETWEEN $id AND $id + 99" ;;
       esac
       # the query once first in the same session (catalog caches warm, as in the timed runs)
       out=$(psql_q -d "$db" -At -c '\o /dev/null' -c "$sql" -c '\o' -c "EXPLAIN (ANALYZE, COSTS OFF) $sql" 2>&1) \
