@@ -91,6 +91,14 @@ impl Catalog {
     /// Like `get`, but a clear ERROR when the extension is missing.
     pub fn require() -> Catalog {
         Catalog::get().unwrap_or_else(|| {
+            // SAFETY: syscache lookup with a valid C string.
+            let nsp = unsafe { pg_sys::get_namespace_oid(c"driftdb".as_ptr(), true) };
+            if nsp != pg_sys::InvalidOid && relid(nsp, "events") != pg_sys::InvalidOid {
+                DriftError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "driftdb's catalog in this database is incomplete")
+                    .detail("Objects in schema driftdb are missing or renamed (created by another version of the extension, or altered by hand).")
+                    .hint("Restore the missing objects, or dump the database and restore it into one with a fresh CREATE EXTENSION driftdb.")
+                    .raise()
+            }
             DriftError::new(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 "the driftdb extension is not installed in this database",

@@ -420,6 +420,15 @@ unsafe fn flush() {
     }
     let baselines: Vec<u32> = notes.iter().filter(|n| n.baseline).map(|n| n.rel).collect();
     let Some(cat) = Catalog::get() else {
+        // Dropping the extension drops every driftdb table with it. A changed table that still
+        // exists means the catalog is incomplete (objects from another version of driftdb, or
+        // altered by hand): refuse to commit a change that would go unrecorded.
+        if changes.iter().any(|c| rel_exists(pg_sys::Oid::from(c.rel))) {
+            DriftError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "driftdb's catalog in this database is incomplete")
+                .detail("A driftdb table changed, but objects in schema driftdb that record its history are missing or renamed (created by another version of the extension, or altered by hand); the change would go unrecorded.")
+                .hint("Restore the missing objects, or dump the database and restore it into one with a fresh CREATE EXTENSION driftdb. The transaction was rolled back.")
+                .raise();
+        }
         return; // the extension (and with it every driftdb table) was dropped in this transaction
     };
     let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
