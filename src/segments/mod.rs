@@ -246,16 +246,26 @@ pub fn key_entries(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, mut f: imp
     }
 }
 
-/// The compacted events filed under a key in `[lo, hi]` (encoded keys, inclusive) with
-/// `seq <= hi_seq`: `f(entry)`, segment by segment. Only segments whose key and seq ranges
-/// overlap are read (decoded whole, and cached).
-pub fn range_entries(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&SegmentEntry)) {
+/// For every key in `[lo, hi]` (encoded keys, inclusive), per segment that holds it: its
+/// newest entries with `seq <= hi_seq` (all those of that seq) — `f(entry)`. Only segments whose
+/// key and seq ranges overlap are read (decoded whole, and cached).
+pub fn range_newest(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&SegmentEntry)) {
     let dir = directory(cat, table_id);
     for l in dir.iter().filter(|l| l.kind == SEGMENT && l.key_lo.as_slice() <= hi && lo <= l.key_hi.as_slice() && l.seq_lo <= hi_seq) {
         let es = entries(cat, table_id, l);
-        // entries are sorted by (key, seq, ord)
+        // entries are sorted by (key, seq, ord): each key's run, its entries ≤ hi_seq first
         let start = es.partition_point(|e| e.key.as_slice() < lo);
-        es[start..].iter().take_while(|e| e.key.as_slice() <= hi).filter(|e| e.seq <= hi_seq).for_each(&mut f);
+        let end = start + es[start..].partition_point(|e| e.key.as_slice() <= hi);
+        let mut i = start;
+        while i < end {
+            let run = i + es[i..end].partition_point(|e| e.key == es[i].key);
+            let upto = i + es[i..run].partition_point(|e| e.seq <= hi_seq);
+            if upto > i {
+                let newest = es[upto - 1].seq;
+                es[i..upto].iter().filter(|e| e.seq == newest).for_each(&mut f);
+            }
+            i = run;
+        }
     }
 }
 

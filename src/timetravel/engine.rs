@@ -305,7 +305,7 @@ impl Source {
         // key → (its newest seq, the frame that wrote its image in that seq, if any)
         let mut newest: std::collections::BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = Default::default();
         for (lo, hi) in ranges {
-            reader::key_range_events(&self.cat, info.table_id, lo, hi, seq, |key, s, op, frame| {
+            reader::key_range_newest(&self.cat, info.table_id, lo, hi, seq, |key, s, op, frame| {
                 let image = matches!(op, b'i' | b'u');
                 match newest.get_mut(key) {
                     Some((at, _)) if *at > s => {}

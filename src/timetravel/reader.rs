@@ -289,32 +289,75 @@ fn key_rows_desc<T>(
     });
 }
 
-/// Every event (markers included) filed under a key in `[lo, hi]` (encoded keys, inclusive)
-/// with `seq <= hi_seq`, from the events table and the compacted segments, in no particular
-/// order: `f(key, seq, op, frame)`. The caller holds the table's read lock
-/// (`segments::read_lock`), so no compaction commits meanwhile and each event is seen once.
-pub fn key_range_events(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&[u8], i64, u8, &[u8])) {
-    // SAFETY: catalog-style read of driftdb.events through events_key; the bound datums are
-    // byteas built in the current context.
+/// For every key in `[lo, hi]` (encoded keys, inclusive): its newest events with
+/// `seq <= hi_seq` (markers included; all the events of that newest seq) in the events table,
+/// and likewise in each compacted segment that may hold it — `f(key, seq, op, frame)`, in no
+/// particular order; the caller takes, per key, the newest seq over all of them. The caller
+/// holds the table's read lock (`segments::read_lock`), so no compaction commits meanwhile
+/// and each event is seen once.
+///
+/// The events table is read through `events_key` backwards, deciding from the index tuple
+/// (key, seq) alone: only each key's newest entries are fetched from the heap (an entry whose
+/// row is gone, moved by an earlier compaction, gives way to the next older one).
+pub fn key_range_newest(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&[u8], i64, u8, &[u8])) {
+    // SAFETY: an index scan of driftdb.events through events_key under AccessShareLock on
+    // both; the bound datums are byteas built in the current context and outlive the scan;
+    // the index tuple (xs_itup) and the fetched heap tuple are read before the next fetch,
+    // which is when they become invalid; the slot, scan and relations are released below
+    // (an ERROR in between releases them with the transaction's resource owner).
     unsafe {
-        // scan keys name heap columns: table_id (1), key (5), seq (2)
-        let keys = [
-            (1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id)),
-            (5, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::F_BYTEAGE, lo.into_datum().unwrap()),
-            (5, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_BYTEALE, hi.into_datum().unwrap()),
-            (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(hi_seq)),
-        ];
-        catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
-            let key = catalog::attr(tup, rel, 5).map(|d| {
-                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v))
-            });
-            let (seq, op, frame) = event_cols(tup, rel);
-            f(key.unwrap_or(&[]), seq, op, frame);
-            true
-        });
+        let heap = pg_sys::table_open(cat.events, pg_sys::AccessShareLock as i32);
+        let idx = pg_sys::index_open(cat.events_key, pg_sys::AccessShareLock as i32);
+        let (lod, hid) = (lo.into_datum().unwrap(), hi.into_datum().unwrap());
+        // index columns: table_id (1), key (2), seq (3)
+        let mut sk: [pg_sys::ScanKeyData; 4] = std::mem::zeroed();
+        let init = |sk: &mut pg_sys::ScanKeyData, att: i16, strategy: u32, proc_: u32, d: pg_sys::Datum| {
+            pg_sys::ScanKeyInit(sk, att, strategy as u16, pg_sys::Oid::from(proc_), d)
+        };
+        init(&mut sk[0], 1, pg_sys::BTEqualStrategyNumber, pg_sys::F_INT4EQ, pg_sys::Datum::from(table_id));
+        init(&mut sk[1], 2, pg_sys::BTGreaterEqualStrategyNumber, pg_sys::F_BYTEAGE, lod);
+        init(&mut sk[2], 2, pg_sys::BTLessEqualStrategyNumber, pg_sys::F_BYTEALE, hid);
+        init(&mut sk[3], 3, pg_sys::BTLessEqualStrategyNumber, pg_sys::F_INT8LE, pg_sys::Datum::from(hi_seq));
+        let scan = pg_sys::index_beginscan(heap, idx, catalog::snapshot_self(), 4, 0);
+        (*scan).xs_want_itup = true;
+        pg_sys::index_rescan(scan, sk.as_mut_ptr(), 4, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        // the key being read, and the seq of its newest live entry once found
+        let mut key: Vec<u8> = Vec::new();
+        let mut decided: Option<i64> = None;
+        let mut vals = [pg_sys::Datum::from(0usize); 3];
+        let mut nulls = [false; 3];
+        while !pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::BackwardScanDirection).is_null() {
+            pg_sys::index_deform_tuple((*scan).xs_itup, (*scan).xs_itupdesc, vals.as_mut_ptr(), nulls.as_mut_ptr());
+            if nulls[1] {
+                continue;
+            }
+            let kv = pg_sys::pg_detoast_datum_packed(vals[1].cast_mut_ptr());
+            let k = std::slice::from_raw_parts(pgrx::vardata_any(kv) as *const u8, pgrx::varsize_any_exhdr(kv));
+            let seq = vals[2].value() as i64;
+            if k != key.as_slice() {
+                key.clear();
+                key.extend_from_slice(k);
+                decided = None;
+            }
+            if decided.is_some_and(|d| seq < d) {
+                continue; // an older event of a key already decided: not fetched
+            }
+            if !pg_sys::index_fetch_heap(scan, slot) {
+                continue; // gone (compacted or purged earlier): the next older entry decides
+            }
+            decided = Some(seq);
+            let mut should_free = false;
+            let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+            let (_, op, frame) = event_cols(tup, heap);
+            f(&key, seq, op, frame);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+        pg_sys::table_close(heap, pg_sys::NoLock as i32);
     }
-    crate::segments::range_entries(cat, table_id, lo, hi, hi_seq, |e| f(&e.key, e.seq, e.op, &e.frame));
+    crate::segments::range_newest(cat, table_id, lo, hi, hi_seq, |e| f(&e.key, e.seq, e.op, &e.frame));
 }
 
 /// The newest snapshot of the table with seq ≤ `hi`: (seq, number of blocks).
