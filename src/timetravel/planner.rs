@@ -302,6 +302,15 @@ fn is_int(t: pg_sys::Oid) -> bool {
     matches!(unsafe { pg_sys::getBaseType(t) }, pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID)
 }
 
+/// `rel`'s own quals (not pseudo-constant) that are nodes of type `tag`, with their RestrictInfo.
+unsafe fn quals_of(rel: *mut pg_sys::RelOptInfo, tag: pg_sys::NodeTag) -> Vec<(*mut pg_sys::RestrictInfo, *mut pg_sys::Node)> {
+    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
+    ris.iter_ptr()
+        .filter(|&ri| !(*ri).pseudoconstant && (*((*ri).clause as *mut pg_sys::Node)).type_ == tag)
+        .map(|ri| (ri, (*ri).clause as *mut pg_sys::Node))
+        .collect()
+}
+
 /// The comparisons of `rel`'s quals `<column> op <value>` (either order; the operator
 /// commuted when the column is on the right), the value computable before the scan, whose
 /// column `col` accepts: (column attnum, btree strategy in `opfamily`, value, the clause).
@@ -312,12 +321,7 @@ unsafe fn comparisons(
     opfamily: impl Fn(i16) -> pg_sys::Oid,
 ) -> Vec<(i16, u16, *mut pg_sys::Node, *mut pg_sys::RestrictInfo)> {
     let mut out = Vec::new();
-    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
-    for ri in ris.iter_ptr() {
-        let clause = (*ri).clause as *mut pg_sys::Node;
-        if (*ri).pseudoconstant || (*clause).type_ != pg_sys::NodeTag::T_OpExpr {
-            continue;
-        }
+    for (ri, clause) in quals_of(rel, pg_sys::NodeTag::T_OpExpr) {
         let op = clause as *mut pg_sys::OpExpr;
         let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
         if args.len() != 2 {
@@ -367,12 +371,7 @@ unsafe fn key_set_pushdown(root: *mut pg_sys::PlannerInfo, rel: *mut pg_sys::Rel
         return None;
     }
     // col = ANY(array): each element looked up by the key index
-    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
-    for ri in ris.iter_ptr() {
-        let clause = (*ri).clause as *mut pg_sys::Node;
-        if (*ri).pseudoconstant || (*clause).type_ != pg_sys::NodeTag::T_ScalarArrayOpExpr {
-            continue;
-        }
+    for (_, clause) in quals_of(rel, pg_sys::NodeTag::T_ScalarArrayOpExpr) {
         let sa = clause as *mut pg_sys::ScalarArrayOpExpr;
         let args = pgrx::PgList::<pg_sys::Node>::from_pg((*sa).args);
         if !(*sa).useOr || args.len() != 2 || own_column(rel, args.get_ptr(0).unwrap()) != Some(col) {
@@ -558,15 +557,7 @@ unsafe fn key_pushdown_by(
     let natts = (*desc).natts as usize;
     let attrs = (*desc).attrs.as_slice(natts);
     let mut found: Vec<Option<*mut pg_sys::Node>> = vec![None; cols.len()];
-    let ris = pgrx::PgList::<pg_sys::RestrictInfo>::from_pg((*rel).baserestrictinfo);
-    for ri in ris.iter_ptr() {
-        if (*ri).pseudoconstant {
-            continue;
-        }
-        let clause = (*ri).clause as *mut pg_sys::Node;
-        if (*clause).type_ != pg_sys::NodeTag::T_OpExpr {
-            continue;
-        }
+    for (_, clause) in quals_of(rel, pg_sys::NodeTag::T_OpExpr) {
         let op = clause as *mut pg_sys::OpExpr;
         let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
         if args.len() != 2 {
@@ -579,13 +570,8 @@ unsafe fn key_pushdown_by(
             if !key_type_ok(a.atttypid, a.attcollation) || !(is_type_eq(op, a.atttypid) || is_integer_eq(op, a.atttypid, other)) {
                 continue;
             }
-            // the other side must be computable before the scan: no Vars of this rel, nothing volatile
-            let varnos = pg_sys::pull_varnos(root, other);
-            if pg_sys::bms_is_member((*rel).relid as i32, varnos) || pg_sys::contain_volatile_functions(other) {
+            if !computable_first(root, other) {
                 continue;
-            }
-            if !pg_sys::bms_is_empty(varnos) {
-                continue; // a join clause: no parameterized history paths (yet)
             }
             found[pos] = Some(other);
         }
