@@ -65,6 +65,13 @@ fn frame_crc(version: u8, flags: u8, len_le: [u8; 4], payload: &[u8]) -> u32 {
 /// Encodes an event as a frame.
 pub fn encode_frame(event: &Event) -> Vec<u8> {
     let mut buf = Vec::with_capacity(256);
+    encode_frame_into(event, &mut buf);
+    buf
+}
+
+/// `encode_frame` into a buffer the caller reuses (its contents are replaced).
+pub fn encode_frame_into(event: &Event, buf: &mut Vec<u8>) {
+    buf.clear();
     buf.extend_from_slice(&[
         MAGIC[0],
         MAGIC[1],
@@ -80,9 +87,8 @@ pub fn encode_frame(event: &Event) -> Vec<u8> {
         0,
     ]);
     // Writing into a Vec cannot fail and every type in `Event` is serializable.
-    rmp_serde::encode::write(&mut buf, event).expect("event serialization is infallible");
-    seal_frame(&mut buf);
-    buf
+    rmp_serde::encode::write(buf, event).expect("event serialization is infallible");
+    seal_frame(buf);
 }
 
 /// Fills in the header of `buf`: a frame whose payload, from `HEADER_LEN` on, is already in
