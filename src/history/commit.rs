@@ -17,13 +17,15 @@
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr};
 
-use driftdb_core::{encode_frame, encode_key, Endpoint, Event, Op, Row, TableChanges, Value};
+use driftdb_core::net::{fold_keyed, EventKeys};
+use driftdb_core::frame::encode_frame_into;
+use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use super::capture::{notes_end_sub, unpack_tid, SCHEMA_NOTES, TXBUF};
-use super::catalog::{self, nextval, Catalog, Order, Writer};
+use super::catalog::{self, nextval, BatchWriter, Catalog, Order, Writer};
 use super::codec;
 use super::identity::{self, Identity};
 use crate::error::DriftError;
@@ -138,19 +140,30 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// One change ready to be written: its table and the event, whose seq, time and table id are
-/// filled in once they are known.
+/// The changes ready to be written: the events (seq, time and table id are filled in once they
+/// are known), their encoded keys (`keys[i]` is `events[i]`'s, computed once for folding and
+/// writing), and which table's events end where (`runs`: (table, end), in order; each table's
+/// events are contiguous).
+#[derive(Default)]
 struct Pending {
-    rel: pg_sys::Oid,
-    event: Event,
+    events: Vec<Event>,
+    keys: Vec<EventKeys>,
+    runs: Vec<(pg_sys::Oid, usize)>,
 }
 
-fn pending(rel: pg_sys::Oid, op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Pending {
+impl Pending {
+    fn push(&mut self, event: Event) {
+        self.keys.push(EventKeys::of(&event));
+        self.events.push(event);
+    }
+}
+
+fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Event {
     let mut event = Event::new(0, 0, 0, op);
     event.key = key;
     event.old = old;
     event.new = new;
-    Pending { rel, event }
+    event
 }
 
 /// Read a row version by TID, or take the image resolved earlier.
@@ -210,7 +223,7 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
 unsafe fn table_events(
     tc: TableChanges,
     notes: Vec<driftdb_core::SchemaChange>,
-    out: &mut Vec<Pending>,
+    out: &mut Pending,
     scratch: &mut PgMemoryContexts,
 ) {
     let relid = pg_sys::Oid::from(tc.rel);
@@ -218,43 +231,45 @@ unsafe fn table_events(
         return; // dropped later in this same transaction: no history to keep
     }
     // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
+    let start = out.events.len();
     for change in notes {
-        let mut p = pending(relid, Op::Schema, None, None, None);
-        p.event.schema = Some(change);
-        out.push(p);
+        let mut e = event(Op::Schema, None, None, None);
+        e.schema = Some(change);
+        out.push(e);
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
-    let first = out.len();
+    let first = out.events.len();
     if tc.truncated {
-        out.push(pending(relid, Op::Truncate, None, None, None));
+        out.push(event(Op::Truncate, None, None, None));
     }
     for (orig, cur) in tc.lineages {
         let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
         scratch.reset();
-        let p = match (old, new) {
-            (None, Some(new)) => pending(relid, Op::Insert, key_of(&ident, &new), None, Some(new)),
-            (Some(old), None) => pending(relid, Op::Delete, key_of(&ident, &old), Some(old), None),
+        let e = match (old, new) {
+            (None, Some(new)) => event(Op::Insert, key_of(&ident, &new), None, Some(new)),
+            (Some(old), None) => event(Op::Delete, key_of(&ident, &old), Some(old), None),
             (Some(old), Some(new)) => {
                 if old == new {
                     continue; // an UPDATE that changed nothing adds no version
                 }
                 let key = key_of(&ident, &new);
                 let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
-                let mut p = pending(relid, Op::Update, key, Some(old), Some(new));
-                p.event.old_key = old_key;
-                p
+                let mut e = event(Op::Update, key, Some(old), Some(new));
+                e.old_key = old_key;
+                e
             }
             (None, None) => continue,
         };
-        out.push(p);
+        out.push(e);
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     if ident != Identity::None {
-        // one net change per key (see driftdb_core::net); work on the events, then put back
-        let mut events: Vec<Event> = out.drain(first..).map(|p| p.event).collect();
-        driftdb_core::net::fold(&mut events, 0);
-        out.extend(events.into_iter().map(|event| Pending { rel: relid, event }));
+        // one net change per key (see driftdb_core::net)
+        fold_keyed(&mut out.events, &mut out.keys, first);
+    }
+    if out.events.len() > start {
+        out.runs.push((relid, out.events.len()));
     }
 }
 
@@ -423,7 +438,7 @@ unsafe fn flush() {
         return; // the extension (and with it every driftdb table) was dropped in this transaction
     };
     let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
-    let mut pending = Vec::new();
+    let mut pending = Pending::default();
     // Reading row images may detoast out-of-line values, which needs an active snapshot. The
     // versions read are pinned by TID, so any snapshot serves; abort pops it on error.
     pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
@@ -433,29 +448,36 @@ unsafe fn flush() {
         table_events(tc, mine, &mut pending, &mut scratch);
     }
     pg_sys::PopActiveSnapshot();
-    if pending.is_empty() {
+    if pending.events.is_empty() {
         return; // net effect nothing: no seq
     }
     let (seq, ts) = stamp(&cat);
 
     let mut ids: HashMap<pg_sys::Oid, i32> = HashMap::new();
     let mut table_ids: Vec<i32> = Vec::new();
-    for p in &pending {
-        if !ids.contains_key(&p.rel) {
-            let id = table_id(&cat, p.rel, seq, baselines.contains(&p.rel.to_u32()));
-            ids.insert(p.rel, id);
+    for &(rel, _) in &pending.runs {
+        if !ids.contains_key(&rel) {
+            let id = table_id(&cat, rel, seq, baselines.contains(&rel.to_u32()));
+            ids.insert(rel, id);
             table_ids.push(id);
         }
     }
 
-    let mut w = Writer::open(cat.events);
-    for (ord, p) in pending.into_iter().enumerate() {
-        let id = ids[&p.rel];
-        let mut ev = p.event;
+    // the rows go out in batches (heap_multi_insert, then their index entries); each event's
+    // memory is freed as soon as its row is buffered
+    let mut w = BatchWriter::open(cat.events);
+    let mut frame = Vec::with_capacity(256);
+    let mut runs = pending.runs.iter().peekable();
+    for (ord, (mut ev, keys)) in pending.events.into_iter().zip(pending.keys).enumerate() {
+        while runs.peek().is_some_and(|&&(_, end)| ord >= end) {
+            runs.next();
+        }
+        let &(rel, _) = runs.peek().expect("every pending event belongs to a run");
+        let id = ids[&rel];
         ev.seq = seq as u64;
         ev.committed_at = ts;
         ev.table_id = id as u32;
-        let key_bytes = ev.key.as_ref().map(|k| encode_key(k));
+        let key_bytes = keys.key;
         let op_char = match ev.op {
             Op::Insert => b'i',
             Op::Update => b'u',
@@ -463,34 +485,34 @@ unsafe fn flush() {
             Op::Truncate => b't',
             Op::Schema => b's',
         };
-        let frame = encode_frame(&ev);
+        encode_frame_into(&ev, &mut frame);
+        drop(ev);
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.
-        let moved_from = ev.old_key.as_ref().map(|k| encode_key(k));
+        let moved_from = keys.old_key;
         let rows = [(op_char, key_bytes.as_deref()), (b'm', moved_from.as_deref())];
         for (i, (op, key)) in rows.into_iter().enumerate() {
             if i == 1 && key.is_none() {
                 break;
             }
-            // the bytea copies live in the scratch context, reset after every row: a large
-            // transaction does not pile up its frames in transaction memory
-            scratch.switch_to(|_| {
-                let mut values = [
-                    id.into_datum().unwrap(),
-                    seq.into_datum().unwrap(),
-                    (2 * ord as i32 + i as i32).into_datum().unwrap(),
-                    pg_sys::Datum::from(op as usize),
-                    key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
-                    frame.as_slice().into_datum().unwrap(),
-                ];
-                let mut nulls = [false, false, false, false, key.is_none(), false];
-                w.insert(&mut values, &mut nulls);
-            });
-            scratch.reset();
+            // the bytea copies live in the writer's batch context, freed with the batch: a
+            // large transaction does not pile up its frames in transaction memory
+            let old = pg_sys::MemoryContextSwitchTo(w.context());
+            let mut values = [
+                id.into_datum().unwrap(),
+                seq.into_datum().unwrap(),
+                (2 * ord as i32 + i as i32).into_datum().unwrap(),
+                pg_sys::Datum::from(op as usize),
+                key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+                frame.as_slice().into_datum().unwrap(),
+            ];
+            pg_sys::MemoryContextSwitchTo(old);
+            let mut nulls = [false, false, false, false, key.is_none(), false];
+            w.push(&mut values, &mut nulls);
         }
     }
-    drop(w);
+    w.finish();
 
     let xid = pg_sys::GetTopFullTransactionId().value;
     let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));
