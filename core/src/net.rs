@@ -46,9 +46,9 @@ pub fn fold(events: &mut Vec<Event>, from: usize) {
 /// FxHash (rustc's): the keys are encoded keys of one transaction's rows, hashed in-process
 /// only; SipHash's DoS resistance buys nothing here and costs a third of a bulk load's fold.
 #[derive(Default, Clone, Copy)]
-struct Fx(u64);
+pub struct FxHasher(u64);
 
-impl Hasher for Fx {
+impl Hasher for FxHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
         const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
@@ -77,7 +77,7 @@ pub fn fold_keyed(events: &mut Vec<Event>, keys: &mut Vec<EventKeys>, from: usiz
     }
     let mut drop = vec![false; events.len()];
     {
-        let mut last: HashMap<&[u8], usize, BuildHasherDefault<Fx>> =
+        let mut last: HashMap<&[u8], usize, BuildHasherDefault<FxHasher>> =
             HashMap::with_capacity_and_hasher(events.len() - from, Default::default());
         for i in from..events.len() {
             let op = events[i].op;
