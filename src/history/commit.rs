@@ -14,11 +14,12 @@
 //! are therefore assigned in the same order; commits are not serialized (group commit and
 //! fsync overlap as usual). A reader that needs every seq ≤ N settled (AS OF N) waits on the
 //! seq locks of the gaps it sees.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::ffi::{c_void, CStr};
 
-use driftdb_core::net::{fold_keyed, EventKeys};
-use driftdb_core::frame::encode_frame_into;
+use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
+use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail};
 use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -140,22 +141,31 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// The changes ready to be written: the events (seq, time and table id are filled in once they
-/// are known), their encoded keys (`keys[i]` is `events[i]`'s, computed once for folding and
-/// writing), and which table's events end where (`runs`: (table, end), in order; each table's
-/// events are contiguous).
-#[derive(Default)]
-struct Pending {
-    events: Vec<Event>,
-    keys: Vec<EventKeys>,
-    runs: Vec<(pg_sys::Oid, usize)>,
+/// One change ready to be written, encoded as far as it can be before the transaction's seq
+/// is drawn: its op, its encoded keys (the `key` column, and the marker row's key of an update
+/// that moved the row) and the frame's tail (`encode_event_tail`: everything but seq, time,
+/// table id and op). Only these bytes are kept, not the row images: a bulk load's history
+/// waits for its seq in about the size of its frames.
+struct Encoded {
+    op: Op,
+    keys: EventKeys,
+    tail: Vec<u8>,
 }
 
-impl Pending {
-    fn push(&mut self, event: Event) {
-        self.keys.push(EventKeys::of(&event));
-        self.events.push(event);
+impl Encoded {
+    fn new(event: &Event, keys: EventKeys) -> Encoded {
+        let mut tail = Vec::with_capacity(128);
+        encode_event_tail(event, &mut tail);
+        Encoded { op: event.op, keys, tail }
     }
+}
+
+/// The transaction's changes, and which table's changes end where (`runs`: (table, end), in
+/// order; each table's changes are contiguous).
+#[derive(Default)]
+struct Pending {
+    items: Vec<Encoded>,
+    runs: Vec<(pg_sys::Oid, usize)>,
 }
 
 fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Event {
@@ -166,11 +176,11 @@ fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) ->
     event
 }
 
-/// Read a row version by TID, or take the image resolved earlier.
-unsafe fn materialize(rel: pg_sys::Relation, e: Endpoint) -> Row {
+/// Read a row version by TID, or take (a copy of) the image resolved earlier.
+unsafe fn materialize(rel: pg_sys::Relation, e: &Endpoint) -> Row {
     match e {
-        Endpoint::Image(row) => row,
-        Endpoint::Handle(h) => fetch_row(rel, h),
+        Endpoint::Image(row) => row.clone(),
+        Endpoint::Handle(h) => fetch_row(rel, *h),
     }
 }
 
@@ -219,7 +229,45 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
     )
 }
 
-/// Reduce one table's lineages to pending events.
+/// The event of one lineage, None if it nets to nothing.
+unsafe fn lineage_event(
+    rel: pg_sys::Relation,
+    ident: &Identity,
+    orig: &Option<Endpoint>,
+    cur: &Option<Endpoint>,
+    scratch: &mut PgMemoryContexts,
+) -> Option<Event> {
+    let (old, new) = scratch.switch_to(|_| (orig.as_ref().map(|e| materialize(rel, e)), cur.as_ref().map(|e| materialize(rel, e))));
+    scratch.reset();
+    Some(match (old, new) {
+        (None, Some(new)) => event(Op::Insert, key_of(ident, &new), None, Some(new)),
+        (Some(old), None) => event(Op::Delete, key_of(ident, &old), Some(old), None),
+        (Some(old), Some(new)) => {
+            if old == new {
+                return None; // an UPDATE that changed nothing adds no version
+            }
+            let key = key_of(ident, &new);
+            let old_key = key_of(ident, &old).filter(|k| Some(k) != key.as_ref());
+            let mut e = event(Op::Update, key, Some(old), Some(new));
+            e.old_key = old_key;
+            e
+        }
+        (None, None) => return None,
+    })
+}
+
+/// Does any encoded key (or moved-from key) occur twice? Only then can folding change
+/// anything (driftdb_core::net composes events of one key only).
+fn keys_repeat(items: &[Encoded]) -> bool {
+    let mut seen: HashSet<&[u8], BuildHasherDefault<FxHasher>> = HashSet::with_capacity_and_hasher(items.len(), Default::default());
+    items
+        .iter()
+        .flat_map(|it| [it.keys.key.as_deref(), it.keys.old_key.as_deref()])
+        .flatten()
+        .any(|k| !seen.insert(k))
+}
+
+/// Reduce one table's lineages to pending, encoded events.
 unsafe fn table_events(
     tc: TableChanges,
     notes: Vec<driftdb_core::SchemaChange>,
@@ -230,46 +278,39 @@ unsafe fn table_events(
     if !rel_exists(relid) {
         return; // dropped later in this same transaction: no history to keep
     }
+    let start = out.items.len();
     // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
-    let start = out.events.len();
     for change in notes {
         let mut e = event(Op::Schema, None, None, None);
         e.schema = Some(change);
-        out.push(e);
+        out.items.push(Encoded::new(&e, EventKeys::default()));
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
-    let first = out.events.len();
     if tc.truncated {
-        out.push(event(Op::Truncate, None, None, None));
+        out.items.push(Encoded::new(&event(Op::Truncate, None, None, None), EventKeys::default()));
     }
-    for (orig, cur) in tc.lineages {
-        let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
-        scratch.reset();
-        let e = match (old, new) {
-            (None, Some(new)) => event(Op::Insert, key_of(&ident, &new), None, Some(new)),
-            (Some(old), None) => event(Op::Delete, key_of(&ident, &old), Some(old), None),
-            (Some(old), Some(new)) => {
-                if old == new {
-                    continue; // an UPDATE that changed nothing adds no version
-                }
-                let key = key_of(&ident, &new);
-                let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
-                let mut e = event(Op::Update, key, Some(old), Some(new));
-                e.old_key = old_key;
-                e
-            }
-            (None, None) => continue,
-        };
-        out.push(e);
+    // Each lineage's event is encoded at once and its row images dropped. Folding (one net
+    // change per key, see driftdb_core::net) can only change events whose key occurs more
+    // than once; if one does, the table's lineages are read again as whole events and folded.
+    let first = out.items.len();
+    for (orig, cur) in &tc.lineages {
+        if let Some(e) = lineage_event(rel, &ident, orig, cur, scratch) {
+            let keys = EventKeys::of(&e);
+            out.items.push(Encoded::new(&e, keys));
+        }
+    }
+    if ident != Identity::None && keys_repeat(&out.items[first..]) {
+        out.items.truncate(first);
+        let mut events: Vec<Event> =
+            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(rel, &ident, orig, cur, scratch)).collect();
+        let mut keys: Vec<EventKeys> = events.iter().map(EventKeys::of).collect();
+        fold_keyed(&mut events, &mut keys, 0);
+        out.items.extend(events.iter().zip(keys).map(|(e, k)| Encoded::new(e, k)));
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    if ident != Identity::None {
-        // one net change per key (see driftdb_core::net)
-        fold_keyed(&mut out.events, &mut out.keys, first);
-    }
-    if out.events.len() > start {
-        out.runs.push((relid, out.events.len()));
+    if out.items.len() > start {
+        out.runs.push((relid, out.items.len()));
     }
 }
 
@@ -448,7 +489,7 @@ unsafe fn flush() {
         table_events(tc, mine, &mut pending, &mut scratch);
     }
     pg_sys::PopActiveSnapshot();
-    if pending.events.is_empty() {
+    if pending.items.is_empty() {
         return; // net effect nothing: no seq
     }
     let (seq, ts) = stamp(&cat);
@@ -463,35 +504,31 @@ unsafe fn flush() {
         }
     }
 
-    // the rows go out in batches (heap_multi_insert, then their index entries); each event's
-    // memory is freed as soon as its row is buffered
+    // the rows go out in batches (heap_multi_insert, then their index entries); each change's
+    // bytes are freed as soon as its row is buffered
     let mut w = BatchWriter::open(cat.events);
     let mut frame = Vec::with_capacity(256);
     let mut runs = pending.runs.iter().peekable();
-    for (ord, (mut ev, keys)) in pending.events.into_iter().zip(pending.keys).enumerate() {
+    for (ord, item) in pending.items.into_iter().enumerate() {
         while runs.peek().is_some_and(|&&(_, end)| ord >= end) {
             runs.next();
         }
-        let &(rel, _) = runs.peek().expect("every pending event belongs to a run");
+        let &(rel, _) = runs.peek().expect("every pending change belongs to a run");
         let id = ids[&rel];
-        ev.seq = seq as u64;
-        ev.committed_at = ts;
-        ev.table_id = id as u32;
-        let key_bytes = keys.key;
-        let op_char = match ev.op {
+        let Encoded { op, keys, tail } = item;
+        let op_char = match op {
             Op::Insert => b'i',
             Op::Update => b'u',
             Op::Delete => b'd',
             Op::Truncate => b't',
             Op::Schema => b's',
         };
-        encode_frame_into(&ev, &mut frame);
-        drop(ev);
+        encode_frame_from_tail(seq as u64, ts, id as u32, op, &tail, &mut frame);
+        drop(tail);
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.
-        let moved_from = keys.old_key;
-        let rows = [(op_char, key_bytes.as_deref()), (b'm', moved_from.as_deref())];
+        let rows = [(op_char, keys.key.as_deref()), (b'm', keys.old_key.as_deref())];
         for (i, (op, key)) in rows.into_iter().enumerate() {
             if i == 1 && key.is_none() {
                 break;
