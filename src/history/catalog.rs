@@ -160,6 +160,7 @@ const BATCH_BYTES: usize = 1 << 20;
 /// (only an ERROR unwinding does that).
 pub struct BatchWriter {
     w: Writer,
+    /// Made on the first push (a transaction that writes nothing here makes none).
     cxt: pg_sys::MemoryContext,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     used: usize,
@@ -169,23 +170,25 @@ pub struct BatchWriter {
 impl BatchWriter {
     pub fn open(relid: pg_sys::Oid) -> BatchWriter {
         let w = Writer::open(relid);
-        // SAFETY: a child of the current (transaction-lifetime) context, deleted in Drop or by
-        // the transaction's end.
-        let cxt = unsafe {
-            pg_sys::AllocSetContextCreateExtended(
-                pg_sys::CurrentMemoryContext,
-                c"driftdb batch insert".as_ptr(),
-                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            )
-        };
-        BatchWriter { w, cxt, slots: Vec::new(), used: 0, bytes: 0 }
+        BatchWriter { w, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
     }
 
     /// The tuple's bytes to come: build datums for `push` in this context (they are copied
     /// into the tuple and freed with the batch).
-    pub fn context(&self) -> pg_sys::MemoryContext {
+    pub fn context(&mut self) -> pg_sys::MemoryContext {
+        if self.cxt.is_null() {
+            // SAFETY: a child of the current (transaction-lifetime) context, deleted in Drop or
+            // by the transaction's end.
+            self.cxt = unsafe {
+                pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::CurrentMemoryContext,
+                    c"driftdb batch insert".as_ptr(),
+                    pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                )
+            };
+        }
         self.cxt
     }
 
@@ -204,7 +207,7 @@ impl BatchWriter {
                 pg_sys::MemoryContextSwitchTo(old);
                 self.slots.push(slot);
             }
-            let old = pg_sys::MemoryContextSwitchTo(self.cxt);
+            let old = pg_sys::MemoryContextSwitchTo(self.context());
             let tup = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::MemoryContextSwitchTo(old);
             self.bytes += (*tup).t_len as usize;
@@ -227,6 +230,18 @@ impl BatchWriter {
         unsafe {
             let rel = self.w.rel;
             let old = pg_sys::MemoryContextSwitchTo(self.cxt);
+            if self.used == 1 {
+                // one row (a one-row transaction): heap_insert's plain WAL record and path
+                let slot = self.slots[0];
+                let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
+                pg_sys::CatalogTupleInsertWithInfo(rel, tup, self.w.indstate);
+                pg_sys::ExecClearTuple(slot);
+                pg_sys::MemoryContextSwitchTo(old);
+                pg_sys::MemoryContextReset(self.cxt);
+                self.used = 0;
+                self.bytes = 0;
+                return;
+            }
             pg_sys::heap_multi_insert(rel, self.slots.as_mut_ptr(), self.used as i32, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
             // the index entries, as CatalogIndexInsert makes them: from the row as formed (not
             // its toasted copy), pointing at the TID heap_multi_insert put in the slot
@@ -275,7 +290,9 @@ impl Drop for BatchWriter {
             for &slot in &self.slots {
                 pg_sys::ExecDropSingleTupleTableSlot(slot);
             }
-            pg_sys::MemoryContextDelete(self.cxt);
+            if !self.cxt.is_null() {
+                pg_sys::MemoryContextDelete(self.cxt);
+            }
         }
     }
 }
