@@ -150,6 +150,8 @@ impl Writer {
 const BATCH_ROWS: usize = 1000;
 /// ... or fewer, once the buffered tuples take this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
+/// Fewer rows than this are not batched at all.
+const DIRECT_ROWS: usize = 4;
 
 /// An open driftdb table for many direct inserts: rows are buffered and written with
 /// `heap_multi_insert` (one WAL record per heap page instead of one per row), then their index
@@ -160,6 +162,9 @@ const BATCH_BYTES: usize = 1 << 20;
 /// (only an ERROR unwinding does that).
 pub struct BatchWriter {
     w: Writer,
+    /// Few rows expected: each is inserted at once (CatalogTupleInsertWithInfo), nothing is
+    /// buffered and no context or slots are made — a one-row transaction pays nothing extra.
+    direct: bool,
     /// Made on the first push (a transaction that writes nothing here makes none).
     cxt: pg_sys::MemoryContext,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
@@ -168,14 +173,21 @@ pub struct BatchWriter {
 }
 
 impl BatchWriter {
-    pub fn open(relid: pg_sys::Oid) -> BatchWriter {
+    /// `rows`: how many rows the caller is about to push (below `DIRECT_ROWS` they are
+    /// inserted one by one).
+    pub fn open(relid: pg_sys::Oid, rows: usize) -> BatchWriter {
         let w = Writer::open(relid);
-        BatchWriter { w, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
+        BatchWriter { w, direct: rows < DIRECT_ROWS, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
     }
 
     /// The tuple's bytes to come: build datums for `push` in this context (they are copied
     /// into the tuple and freed with the batch).
     pub fn context(&mut self) -> pg_sys::MemoryContext {
+        if self.direct {
+            // SAFETY: reads the current context: a few datums of a small transaction are left
+            // to it (the pre-commit's, freed with the transaction)
+            return unsafe { pg_sys::CurrentMemoryContext };
+        }
         if self.cxt.is_null() {
             // SAFETY: a child of the current (transaction-lifetime) context, deleted in Drop or
             // by the transaction's end.
@@ -195,6 +207,10 @@ impl BatchWriter {
     /// Buffer one row given as datums and null flags (in column order); writes the batch when
     /// it is full.
     pub fn push(&mut self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+        if self.direct {
+            self.w.insert(values, nulls);
+            return;
+        }
         // SAFETY: as Writer::insert; the tuple is formed in the batch context and handed to a
         // slot of the relation's descriptor (freed when the slot is cleared in flush).
         unsafe {

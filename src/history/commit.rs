@@ -506,7 +506,8 @@ unsafe fn flush() {
 
     // the rows go out in batches (heap_multi_insert, then their index entries); each change's
     // bytes are freed as soon as its row is buffered
-    let mut w = BatchWriter::open(cat.events);
+    let rows = pending.items.len() + pending.items.iter().filter(|it| it.keys.old_key.is_some()).count();
+    let mut w = BatchWriter::open(cat.events, rows);
     let mut frame = Vec::with_capacity(256);
     let mut runs = pending.runs.iter().peekable();
     for (ord, item) in pending.items.into_iter().enumerate() {
