@@ -144,20 +144,14 @@ unsafe extern "C-unwind" fn subxact_callback(
 /// One change ready to be written, encoded as far as it can be before the transaction's seq
 /// is drawn: its op, its encoded keys (the `key` column, and the marker row's key of an update
 /// that moved the row) and the frame's tail (`encode_event_tail`: everything but seq, time,
-/// table id and op). Only these bytes are kept, not the row images: a bulk load's history
-/// waits for its seq in about the size of its frames.
+/// table id and op), as ranges of `Pending::bytes`. Only these bytes are kept, not the row
+/// images: a bulk load's history waits for its seq in about the size of its frames, in one
+/// buffer rather than millions of small allocations.
 struct Encoded {
     op: Op,
-    keys: EventKeys,
-    tail: Vec<u8>,
-}
-
-impl Encoded {
-    fn new(event: &Event, keys: EventKeys) -> Encoded {
-        let mut tail = Vec::with_capacity(128);
-        encode_event_tail(event, &mut tail);
-        Encoded { op: event.op, keys, tail }
-    }
+    key: Option<std::ops::Range<usize>>,
+    old_key: Option<std::ops::Range<usize>>,
+    tail: std::ops::Range<usize>,
 }
 
 /// The transaction's changes, and which table's changes end where (`runs`: (table, end), in
@@ -165,7 +159,35 @@ impl Encoded {
 #[derive(Default)]
 struct Pending {
     items: Vec<Encoded>,
+    bytes: Vec<u8>,
     runs: Vec<(pg_sys::Oid, usize)>,
+}
+
+impl Pending {
+    fn push(&mut self, event: &Event, keys: EventKeys) {
+        let mut put = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = keys.key.as_deref().map(&mut put);
+        let old_key = keys.old_key.as_deref().map(&mut put);
+        let start = self.bytes.len();
+        encode_event_tail(event, &mut self.bytes);
+        self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
+    }
+
+    /// Forget the changes from item `n` on.
+    fn truncate(&mut self, n: usize) {
+        if let Some(it) = self.items.get(n) {
+            self.bytes.truncate(it.key.as_ref().map_or(it.tail.start, |k| k.start));
+        }
+        self.items.truncate(n);
+    }
+
+    fn slice(&self, r: &Option<std::ops::Range<usize>>) -> Option<&[u8]> {
+        r.as_ref().map(|r| &self.bytes[r.clone()])
+    }
 }
 
 fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Event {
@@ -256,15 +278,12 @@ unsafe fn lineage_event(
     })
 }
 
-/// Does any encoded key (or moved-from key) occur twice? Only then can folding change
-/// anything (driftdb_core::net composes events of one key only).
-fn keys_repeat(items: &[Encoded]) -> bool {
+/// Does any encoded key (or moved-from key) of items `from..` occur twice? Only then can
+/// folding change anything (driftdb_core::net composes events of one key only).
+fn keys_repeat(p: &Pending, from: usize) -> bool {
+    let items = &p.items[from..];
     let mut seen: HashSet<&[u8], BuildHasherDefault<FxHasher>> = HashSet::with_capacity_and_hasher(items.len(), Default::default());
-    items
-        .iter()
-        .flat_map(|it| [it.keys.key.as_deref(), it.keys.old_key.as_deref()])
-        .flatten()
-        .any(|k| !seen.insert(k))
+    items.iter().flat_map(|it| [p.slice(&it.key), p.slice(&it.old_key)]).flatten().any(|k| !seen.insert(k))
 }
 
 /// Reduce one table's lineages to pending, encoded events.
@@ -283,30 +302,33 @@ unsafe fn table_events(
     for change in notes {
         let mut e = event(Op::Schema, None, None, None);
         e.schema = Some(change);
-        out.items.push(Encoded::new(&e, EventKeys::default()));
+        out.push(&e, EventKeys::default());
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
     if tc.truncated {
-        out.items.push(Encoded::new(&event(Op::Truncate, None, None, None), EventKeys::default()));
+        out.push(&event(Op::Truncate, None, None, None), EventKeys::default());
     }
     // Each lineage's event is encoded at once and its row images dropped. Folding (one net
     // change per key, see driftdb_core::net) can only change events whose key occurs more
     // than once; if one does, the table's lineages are read again as whole events and folded.
     let first = out.items.len();
+    out.items.reserve(tc.lineages.len());
     for (orig, cur) in &tc.lineages {
         if let Some(e) = lineage_event(rel, &ident, orig, cur, scratch) {
             let keys = EventKeys::of(&e);
-            out.items.push(Encoded::new(&e, keys));
+            out.push(&e, keys);
         }
     }
-    if ident != Identity::None && keys_repeat(&out.items[first..]) {
-        out.items.truncate(first);
+    if ident != Identity::None && keys_repeat(out, first) {
+        out.truncate(first);
         let mut events: Vec<Event> =
             tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(rel, &ident, orig, cur, scratch)).collect();
         let mut keys: Vec<EventKeys> = events.iter().map(EventKeys::of).collect();
         fold_keyed(&mut events, &mut keys, 0);
-        out.items.extend(events.iter().zip(keys).map(|(e, k)| Encoded::new(e, k)));
+        for (e, k) in events.iter().zip(keys) {
+            out.push(e, k);
+        }
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     if out.items.len() > start {
@@ -504,19 +526,18 @@ unsafe fn flush() {
         }
     }
 
-    // the rows go out in batches (heap_multi_insert, then their index entries); each change's
-    // bytes are freed as soon as its row is buffered
-    let rows = pending.items.len() + pending.items.iter().filter(|it| it.keys.old_key.is_some()).count();
+    // the rows go out in batches (heap_multi_insert, then their index entries)
+    let rows = pending.items.len() + pending.items.iter().filter(|it| it.old_key.is_some()).count();
     let mut w = BatchWriter::open(cat.events, rows);
     let mut frame = Vec::with_capacity(256);
     let mut runs = pending.runs.iter().peekable();
-    for (ord, item) in pending.items.into_iter().enumerate() {
+    for (ord, item) in pending.items.iter().enumerate() {
         while runs.peek().is_some_and(|&&(_, end)| ord >= end) {
             runs.next();
         }
         let &(rel, _) = runs.peek().expect("every pending change belongs to a run");
         let id = ids[&rel];
-        let Encoded { op, keys, tail } = item;
+        let op = item.op;
         let op_char = match op {
             Op::Insert => b'i',
             Op::Update => b'u',
@@ -524,12 +545,11 @@ unsafe fn flush() {
             Op::Truncate => b't',
             Op::Schema => b's',
         };
-        encode_frame_from_tail(seq as u64, ts, id as u32, op, &tail, &mut frame);
-        drop(tail);
+        encode_frame_from_tail(seq as u64, ts, id as u32, op, &pending.bytes[item.tail.clone()], &mut frame);
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.
-        let rows = [(op_char, keys.key.as_deref()), (b'm', keys.old_key.as_deref())];
+        let rows = [(op_char, pending.slice(&item.key)), (b'm', pending.slice(&item.old_key))];
         for (i, (op, key)) in rows.into_iter().enumerate() {
             if i == 1 && key.is_none() {
                 break;
