@@ -21,7 +21,7 @@ use std::io::Cursor;
 use thiserror::Error;
 
 use crate::row::Row;
-use crate::event::Event;
+use crate::event::{Event, Op};
 use crate::value::Value;
 
 pub const MAGIC: [u8; 2] = *b"DF";
@@ -65,6 +65,13 @@ fn frame_crc(version: u8, flags: u8, len_le: [u8; 4], payload: &[u8]) -> u32 {
 /// Encodes an event as a frame.
 pub fn encode_frame(event: &Event) -> Vec<u8> {
     let mut buf = Vec::with_capacity(256);
+    encode_frame_into(event, &mut buf);
+    buf
+}
+
+/// `encode_frame` into a buffer the caller reuses (its contents are replaced).
+pub fn encode_frame_into(event: &Event, buf: &mut Vec<u8>) {
+    buf.clear();
     buf.extend_from_slice(&[
         MAGIC[0],
         MAGIC[1],
@@ -80,9 +87,41 @@ pub fn encode_frame(event: &Event) -> Vec<u8> {
         0,
     ]);
     // Writing into a Vec cannot fail and every type in `Event` is serializable.
-    rmp_serde::encode::write(&mut buf, event).expect("event serialization is infallible");
-    seal_frame(&mut buf);
-    buf
+    rmp_serde::encode::write(buf, event).expect("event serialization is infallible");
+    seal_frame(buf);
+}
+
+/// The part of an event's payload that does not depend on its commit: the MessagePack of
+/// `key`, `old_key`, `old`, `new` and `schema`, one after the other, appended to `buf`. With
+/// `encode_frame_from_tail` it makes exactly the frame `encode_frame` makes of the whole
+/// event; the extension encodes row images this way before the transaction's seq is drawn
+/// and keeps only these bytes.
+pub fn encode_event_tail(event: &Event, buf: &mut Vec<u8>) {
+    // An `Event` serializes as a 9-element array of its fields in declaration order (event.rs);
+    // each field as an element is the same bytes as the field serialized on its own.
+    let mut ser = rmp_serde::Serializer::new(buf);
+    let ok = serde::Serialize::serialize(&event.key, &mut ser)
+        .and_then(|_| serde::Serialize::serialize(&event.old_key, &mut ser))
+        .and_then(|_| serde::Serialize::serialize(&event.old, &mut ser))
+        .and_then(|_| serde::Serialize::serialize(&event.new, &mut ser))
+        .and_then(|_| serde::Serialize::serialize(&event.schema, &mut ser));
+    ok.expect("event serialization is infallible");
+}
+
+/// The frame of an event given its commit fields and the tail `encode_event_tail` made of
+/// the rest, into `buf` (its contents are replaced).
+pub fn encode_frame_from_tail(seq: u64, committed_at: i64, table_id: u32, op: Op, tail: &[u8], buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&[MAGIC[0], MAGIC[1], FORMAT_VERSION, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    buf.push(0x99); // fixarray of the event's 9 fields
+    let mut ser = rmp_serde::Serializer::new(&mut *buf);
+    let ok = serde::Serialize::serialize(&seq, &mut ser)
+        .and_then(|_| serde::Serialize::serialize(&committed_at, &mut ser))
+        .and_then(|_| serde::Serialize::serialize(&table_id, &mut ser))
+        .and_then(|_| serde::Serialize::serialize(&op, &mut ser));
+    ok.expect("event serialization is infallible");
+    buf.extend_from_slice(tail);
+    seal_frame(buf);
 }
 
 /// Fills in the header of `buf`: a frame whose payload, from `HEADER_LEN` on, is already in
@@ -341,6 +380,51 @@ mod tests {
                 .collect(),
         ));
         assert_eq!(decode_frame(&encode_frame(&e)).unwrap(), e);
+    }
+
+    /// encode_event_tail + encode_frame_from_tail make encode_frame's bytes, for every op,
+    /// every kind of value, and seqs/times/table ids of every MessagePack integer width.
+    #[test]
+    fn frame_from_tail_is_encode_frame() {
+        let values = every_value();
+        let mut events = Vec::new();
+        for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Schema] {
+            let mut e = sample_event();
+            e.op = op;
+            if op == Op::Schema {
+                e.schema = Some(SchemaChange {
+                    description: "ALTER TABLE t ADD COLUMN c".into(),
+                    columns: vec![ColumnDef { attnum: 1, name: "c".into(), type_name: "integer".into(), typmod: -1, dropped: false, missing: Some(Value::Int(3)) }],
+                });
+            }
+            events.push(e);
+        }
+        for (i, v) in values.iter().enumerate() {
+            let mut e = Event::new(i as u64, -5, 1, Op::Update);
+            e.key = Some(vec![v.clone()]);
+            e.old = Some(Row::new(vec![(1, v.clone())]));
+            e.new = Some(Row::new(vec![(1, v.clone()), (1600, Value::Int(i as i64))]));
+            events.push(e);
+        }
+        let ints: [(u64, i64, u32); 7] = [
+            (0, 0, 0),
+            (1, -1, 127),
+            (200, -33, 255),
+            (70_000, 812_345_678_901_234, 65_536),
+            (u32::MAX as u64 + 1, -812_345_678_901_234, u32::MAX),
+            (u64::MAX, i64::MIN, 16_384),
+            (5, i64::MAX, 1),
+        ];
+        let (mut tail, mut frame) = (Vec::new(), Vec::new());
+        for mut e in events {
+            for &(seq, ts, table_id) in &ints {
+                (e.seq, e.committed_at, e.table_id) = (seq, ts, table_id);
+                tail.clear();
+                encode_event_tail(&e, &mut tail);
+                encode_frame_from_tail(seq, ts, table_id, e.op, &tail, &mut frame);
+                assert_eq!(frame, encode_frame(&e), "{e:?}");
+            }
+        }
     }
 
     /// decode_new_image reads exactly the commit time and new image decode_frame does, for

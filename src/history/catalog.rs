@@ -153,6 +153,174 @@ impl Writer {
     }
 }
 
+/// Rows a `BatchWriter` buffers before writing them (as COPY does: one heap_multi_insert of up
+/// to this many rows, then their index entries).
+const BATCH_ROWS: usize = 1000;
+/// ... or fewer, once the buffered tuples take this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+/// Fewer rows than this are not batched at all.
+const DIRECT_ROWS: usize = 4;
+
+/// An open driftdb table for many direct inserts: rows are buffered and written with
+/// `heap_multi_insert` (one WAL record per heap page instead of one per row), then their index
+/// entries, one by one, exactly as `CatalogTupleInsertWithInfo` makes them.
+///
+/// The buffered tuples live in a memory context of the writer's own, reset after every batch;
+/// `finish` writes the last batch. Dropping a writer without `finish` loses the buffered rows
+/// (only an ERROR unwinding does that).
+pub struct BatchWriter {
+    w: Writer,
+    /// Few rows expected: each is inserted at once (CatalogTupleInsertWithInfo), nothing is
+    /// buffered and no context or slots are made — a one-row transaction pays nothing extra.
+    direct: bool,
+    /// Made on the first push (a transaction that writes nothing here makes none).
+    cxt: pg_sys::MemoryContext,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    used: usize,
+    bytes: usize,
+}
+
+impl BatchWriter {
+    /// `rows`: how many rows the caller is about to push (below `DIRECT_ROWS` they are
+    /// inserted one by one).
+    pub fn open(relid: pg_sys::Oid, rows: usize) -> BatchWriter {
+        let w = Writer::open(relid);
+        BatchWriter { w, direct: rows < DIRECT_ROWS, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
+    }
+
+    /// The tuple's bytes to come: build datums for `push` in this context (they are copied
+    /// into the tuple and freed with the batch).
+    pub fn context(&mut self) -> pg_sys::MemoryContext {
+        if self.direct {
+            // SAFETY: reads the current context: a few datums of a small transaction are left
+            // to it (the pre-commit's, freed with the transaction)
+            return unsafe { pg_sys::CurrentMemoryContext };
+        }
+        if self.cxt.is_null() {
+            // SAFETY: a child of the current (transaction-lifetime) context, deleted in Drop or
+            // by the transaction's end.
+            self.cxt = unsafe {
+                pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::CurrentMemoryContext,
+                    c"driftdb batch insert".as_ptr(),
+                    pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                )
+            };
+        }
+        self.cxt
+    }
+
+    /// Buffer one row given as datums and null flags (in column order); writes the batch when
+    /// it is full.
+    pub fn push(&mut self, values: &mut [pg_sys::Datum], nulls: &mut [bool]) {
+        if self.direct {
+            self.w.insert(values, nulls);
+            return;
+        }
+        // SAFETY: as Writer::insert; the tuple is formed in the batch context and handed to a
+        // slot of the relation's descriptor (freed when the slot is cleared in flush).
+        unsafe {
+            let rel = self.w.rel;
+            let natts = (*(*rel).rd_att).natts as usize;
+            assert!(values.len() == natts && nulls.len() == natts, "driftdb catalog insert: {} values for {natts} columns", values.len());
+            if self.used == self.slots.len() {
+                let old = pg_sys::MemoryContextSwitchTo(pg_sys::CurTransactionContext);
+                let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsHeapTuple);
+                pg_sys::MemoryContextSwitchTo(old);
+                self.slots.push(slot);
+            }
+            let old = pg_sys::MemoryContextSwitchTo(self.context());
+            let tup = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::MemoryContextSwitchTo(old);
+            self.bytes += (*tup).t_len as usize;
+            let slot = self.slots[self.used];
+            pg_sys::ExecStoreHeapTuple(tup, slot, true); // owned: heap_multi_insert then does not copy it
+            (*slot).tts_tableOid = (*rel).rd_id;
+            self.used += 1;
+        }
+        if self.used >= BATCH_ROWS || self.bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.used == 0 {
+            return;
+        }
+        // SAFETY: the slots hold valid tuples of rel; the index state is the relation's own
+        // (CatalogOpenIndexes): plain column indexes, no expressions or predicates.
+        unsafe {
+            let rel = self.w.rel;
+            let old = pg_sys::MemoryContextSwitchTo(self.cxt);
+            if self.used == 1 {
+                // one row (a one-row transaction): heap_insert's plain WAL record and path
+                let slot = self.slots[0];
+                let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
+                pg_sys::CatalogTupleInsertWithInfo(rel, tup, self.w.indstate);
+                pg_sys::ExecClearTuple(slot);
+                pg_sys::MemoryContextSwitchTo(old);
+                pg_sys::MemoryContextReset(self.cxt);
+                self.used = 0;
+                self.bytes = 0;
+                return;
+            }
+            pg_sys::heap_multi_insert(rel, self.slots.as_mut_ptr(), self.used as i32, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+            // the index entries, as CatalogIndexInsert makes them: from the row as formed (not
+            // its toasted copy), pointing at the TID heap_multi_insert put in the slot
+            let ind = self.w.indstate;
+            let n = (*ind).ri_NumIndices as usize;
+            let mut values = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
+            let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
+            for &slot in &self.slots[..self.used] {
+                let mut tid = (*slot).tts_tid;
+                for i in 0..n {
+                    let info = *(*ind).ri_IndexRelationInfo.add(i);
+                    let index = *(*ind).ri_IndexRelationDescs.add(i);
+                    if !(*info).ii_ReadyForInserts {
+                        continue;
+                    }
+                    pg_sys::FormIndexDatum(info, slot, std::ptr::null_mut(), values.as_mut_ptr(), isnull.as_mut_ptr());
+                    let unique = if (*(*index).rd_index).indisunique {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                    } else {
+                        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+                    };
+                    pg_sys::index_insert(index, values.as_mut_ptr(), isnull.as_mut_ptr(), &mut tid, rel, unique, false, info);
+                }
+                pg_sys::ExecClearTuple(slot);
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::MemoryContextReset(self.cxt);
+        }
+        self.used = 0;
+        self.bytes = 0;
+    }
+
+    /// Write what is buffered and close the table.
+    pub fn finish(mut self) {
+        self.flush();
+    }
+}
+
+impl Drop for BatchWriter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // the transaction's abort frees the context and releases the slots' pins
+        }
+        // SAFETY: the slots and the context were made in open/push and are dropped once.
+        unsafe {
+            for &slot in &self.slots {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            if !self.cxt.is_null() {
+                pg_sys::MemoryContextDelete(self.cxt);
+            }
+        }
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         // While an ERROR unwinds, leave the relation and index references to the transaction

@@ -14,16 +14,19 @@
 //! are therefore assigned in the same order; commits are not serialized (group commit and
 //! fsync overlap as usual). A reader that needs every seq ≤ N settled (AS OF N) waits on the
 //! seq locks of the gaps it sees.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::ffi::{c_void, CStr};
 
-use driftdb_core::{encode_frame, encode_key, Endpoint, Event, Op, Row, TableChanges, Value};
+use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
+use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail};
+use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 use super::capture::{notes_end_sub, unpack_tid, SCHEMA_NOTES, TXBUF};
-use super::catalog::{self, nextval, Catalog, Order, Writer};
+use super::catalog::{self, nextval, BatchWriter, Catalog, Order, Writer};
 use super::codec;
 use super::identity::{self, Identity};
 use crate::error::DriftError;
@@ -138,26 +141,68 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-/// One change ready to be written: its table and the event, whose seq, time and table id are
-/// filled in once they are known.
-struct Pending {
-    rel: pg_sys::Oid,
-    event: Event,
+/// One change ready to be written, encoded as far as it can be before the transaction's seq
+/// is drawn: its op, its encoded keys (the `key` column, and the marker row's key of an update
+/// that moved the row) and the frame's tail (`encode_event_tail`: everything but seq, time,
+/// table id and op), as ranges of `Pending::bytes`. Only these bytes are kept, not the row
+/// images: a bulk load's history waits for its seq in about the size of its frames, in one
+/// buffer rather than millions of small allocations.
+struct Encoded {
+    op: Op,
+    key: Option<std::ops::Range<usize>>,
+    old_key: Option<std::ops::Range<usize>>,
+    tail: std::ops::Range<usize>,
 }
 
-fn pending(rel: pg_sys::Oid, op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Pending {
+/// The transaction's changes, and which table's changes end where (`runs`: (table, end), in
+/// order; each table's changes are contiguous).
+#[derive(Default)]
+struct Pending {
+    items: Vec<Encoded>,
+    bytes: Vec<u8>,
+    runs: Vec<(pg_sys::Oid, usize)>,
+}
+
+impl Pending {
+    fn push(&mut self, event: &Event, keys: EventKeys) {
+        let mut put = |b: &[u8]| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(b);
+            start..self.bytes.len()
+        };
+        let key = keys.key.as_deref().map(&mut put);
+        let old_key = keys.old_key.as_deref().map(&mut put);
+        let start = self.bytes.len();
+        encode_event_tail(event, &mut self.bytes);
+        self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
+    }
+
+    /// Forget the changes from item `n` on.
+    fn truncate(&mut self, n: usize) {
+        if let Some(it) = self.items.get(n) {
+            self.bytes.truncate(it.key.as_ref().map_or(it.tail.start, |k| k.start));
+        }
+        self.items.truncate(n);
+    }
+
+    fn slice(&self, r: &Option<std::ops::Range<usize>>) -> Option<&[u8]> {
+        r.as_ref().map(|r| &self.bytes[r.clone()])
+    }
+}
+
+fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) -> Event {
     let mut event = Event::new(0, 0, 0, op);
     event.key = key;
     event.old = old;
     event.new = new;
-    Pending { rel, event }
+    event
 }
 
-/// Read a row version by TID, or take the image resolved earlier.
-unsafe fn materialize(rel: pg_sys::Relation, e: Endpoint) -> Row {
+/// Read a row version by TID, or take (a copy of) the image resolved earlier.
+unsafe fn materialize(rel: pg_sys::Relation, e: &Endpoint) -> Row {
     match e {
-        Endpoint::Image(row) => row,
-        Endpoint::Handle(h) => fetch_row(rel, h),
+        Endpoint::Image(row) => row.clone(),
+        Endpoint::Handle(h) => fetch_row(rel, *h),
     }
 }
 
@@ -206,55 +251,88 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
     )
 }
 
-/// Reduce one table's lineages to pending events.
+/// The event of one lineage, None if it nets to nothing.
+unsafe fn lineage_event(
+    rel: pg_sys::Relation,
+    ident: &Identity,
+    orig: &Option<Endpoint>,
+    cur: &Option<Endpoint>,
+    scratch: &mut PgMemoryContexts,
+) -> Option<Event> {
+    let (old, new) = scratch.switch_to(|_| (orig.as_ref().map(|e| materialize(rel, e)), cur.as_ref().map(|e| materialize(rel, e))));
+    scratch.reset();
+    Some(match (old, new) {
+        (None, Some(new)) => event(Op::Insert, key_of(ident, &new), None, Some(new)),
+        (Some(old), None) => event(Op::Delete, key_of(ident, &old), Some(old), None),
+        (Some(old), Some(new)) => {
+            if old == new {
+                return None; // an UPDATE that changed nothing adds no version
+            }
+            let key = key_of(ident, &new);
+            let old_key = key_of(ident, &old).filter(|k| Some(k) != key.as_ref());
+            let mut e = event(Op::Update, key, Some(old), Some(new));
+            e.old_key = old_key;
+            e
+        }
+        (None, None) => return None,
+    })
+}
+
+/// Does any encoded key (or moved-from key) of items `from..` occur twice? Only then can
+/// folding change anything (driftdb_core::net composes events of one key only).
+fn keys_repeat(p: &Pending, from: usize) -> bool {
+    let items = &p.items[from..];
+    let mut seen: HashSet<&[u8], BuildHasherDefault<FxHasher>> = HashSet::with_capacity_and_hasher(items.len(), Default::default());
+    items.iter().flat_map(|it| [p.slice(&it.key), p.slice(&it.old_key)]).flatten().any(|k| !seen.insert(k))
+}
+
+/// Reduce one table's lineages to pending, encoded events.
 unsafe fn table_events(
     tc: TableChanges,
     notes: Vec<driftdb_core::SchemaChange>,
-    out: &mut Vec<Pending>,
+    out: &mut Pending,
     scratch: &mut PgMemoryContexts,
 ) {
     let relid = pg_sys::Oid::from(tc.rel);
     if !rel_exists(relid) {
         return; // dropped later in this same transaction: no history to keep
     }
+    let start = out.items.len();
     // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
     for change in notes {
-        let mut p = pending(relid, Op::Schema, None, None, None);
-        p.event.schema = Some(change);
-        out.push(p);
+        let mut e = event(Op::Schema, None, None, None);
+        e.schema = Some(change);
+        out.push(&e, EventKeys::default());
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
-    let first = out.len();
     if tc.truncated {
-        out.push(pending(relid, Op::Truncate, None, None, None));
+        out.push(&event(Op::Truncate, None, None, None), EventKeys::default());
     }
-    for (orig, cur) in tc.lineages {
-        let (old, new) = scratch.switch_to(|_| (orig.map(|e| materialize(rel, e)), cur.map(|e| materialize(rel, e))));
-        scratch.reset();
-        let p = match (old, new) {
-            (None, Some(new)) => pending(relid, Op::Insert, key_of(&ident, &new), None, Some(new)),
-            (Some(old), None) => pending(relid, Op::Delete, key_of(&ident, &old), Some(old), None),
-            (Some(old), Some(new)) => {
-                if old == new {
-                    continue; // an UPDATE that changed nothing adds no version
-                }
-                let key = key_of(&ident, &new);
-                let old_key = key_of(&ident, &old).filter(|k| Some(k) != key.as_ref());
-                let mut p = pending(relid, Op::Update, key, Some(old), Some(new));
-                p.event.old_key = old_key;
-                p
-            }
-            (None, None) => continue,
-        };
-        out.push(p);
+    // Each lineage's event is encoded at once and its row images dropped. Folding (one net
+    // change per key, see driftdb_core::net) can only change events whose key occurs more
+    // than once; if one does, the table's lineages are read again as whole events and folded.
+    let first = out.items.len();
+    out.items.reserve(tc.lineages.len());
+    for (orig, cur) in &tc.lineages {
+        if let Some(e) = lineage_event(rel, &ident, orig, cur, scratch) {
+            let keys = EventKeys::of(&e);
+            out.push(&e, keys);
+        }
+    }
+    if ident != Identity::None && keys_repeat(out, first) {
+        out.truncate(first);
+        let mut events: Vec<Event> =
+            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(rel, &ident, orig, cur, scratch)).collect();
+        let mut keys: Vec<EventKeys> = events.iter().map(EventKeys::of).collect();
+        fold_keyed(&mut events, &mut keys, 0);
+        for (e, k) in events.iter().zip(keys) {
+            out.push(e, k);
+        }
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    if ident != Identity::None {
-        // one net change per key (see driftdb_core::net); work on the events, then put back
-        let mut events: Vec<Event> = out.drain(first..).map(|p| p.event).collect();
-        driftdb_core::net::fold(&mut events, 0);
-        out.extend(events.into_iter().map(|event| Pending { rel: relid, event }));
+    if out.items.len() > start {
+        out.runs.push((relid, out.items.len()));
     }
 }
 
@@ -432,7 +510,7 @@ unsafe fn flush() {
         return; // the extension (and with it every driftdb table) was dropped in this transaction
     };
     let mut scratch = PgMemoryContexts::new("driftdb pre-commit");
-    let mut pending = Vec::new();
+    let mut pending = Pending::default();
     // Reading row images may detoast out-of-line values, which needs an active snapshot. The
     // versions read are pinned by TID, so any snapshot serves; abort pops it on error.
     pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
@@ -442,64 +520,66 @@ unsafe fn flush() {
         table_events(tc, mine, &mut pending, &mut scratch);
     }
     pg_sys::PopActiveSnapshot();
-    if pending.is_empty() {
+    if pending.items.is_empty() {
         return; // net effect nothing: no seq
     }
     let (seq, ts) = stamp(&cat);
 
     let mut ids: HashMap<pg_sys::Oid, i32> = HashMap::new();
     let mut table_ids: Vec<i32> = Vec::new();
-    for p in &pending {
-        if !ids.contains_key(&p.rel) {
-            let id = table_id(&cat, p.rel, seq, baselines.contains(&p.rel.to_u32()));
-            ids.insert(p.rel, id);
+    for &(rel, _) in &pending.runs {
+        if !ids.contains_key(&rel) {
+            let id = table_id(&cat, rel, seq, baselines.contains(&rel.to_u32()));
+            ids.insert(rel, id);
             table_ids.push(id);
         }
     }
 
-    let mut w = Writer::open(cat.events);
-    for (ord, p) in pending.into_iter().enumerate() {
-        let id = ids[&p.rel];
-        let mut ev = p.event;
-        ev.seq = seq as u64;
-        ev.committed_at = ts;
-        ev.table_id = id as u32;
-        let key_bytes = ev.key.as_ref().map(|k| encode_key(k));
-        let op_char = match ev.op {
+    // the rows go out in batches (heap_multi_insert, then their index entries)
+    let rows = pending.items.len() + pending.items.iter().filter(|it| it.old_key.is_some()).count();
+    let mut w = BatchWriter::open(cat.events, rows);
+    let mut frame = Vec::with_capacity(256);
+    let mut runs = pending.runs.iter().peekable();
+    for (ord, item) in pending.items.iter().enumerate() {
+        while runs.peek().is_some_and(|&&(_, end)| ord >= end) {
+            runs.next();
+        }
+        let &(rel, _) = runs.peek().expect("every pending change belongs to a run");
+        let id = ids[&rel];
+        let op = item.op;
+        let op_char = match op {
             Op::Insert => b'i',
             Op::Update => b'u',
             Op::Delete => b'd',
             Op::Truncate => b't',
             Op::Schema => b's',
         };
-        let frame = encode_frame(&ev);
+        encode_frame_from_tail(seq as u64, ts, id as u32, op, &pending.bytes[item.tail.clone()], &mut frame);
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.
-        let moved_from = ev.old_key.as_ref().map(|k| encode_key(k));
-        let rows = [(op_char, key_bytes.as_deref()), (b'm', moved_from.as_deref())];
+        let rows = [(op_char, pending.slice(&item.key)), (b'm', pending.slice(&item.old_key))];
         for (i, (op, key)) in rows.into_iter().enumerate() {
             if i == 1 && key.is_none() {
                 break;
             }
-            // the bytea copies live in the scratch context, reset after every row: a large
-            // transaction does not pile up its frames in transaction memory
-            scratch.switch_to(|_| {
-                let mut values = [
-                    id.into_datum().unwrap(),
-                    seq.into_datum().unwrap(),
-                    (2 * ord as i32 + i as i32).into_datum().unwrap(),
-                    pg_sys::Datum::from(op as usize),
-                    key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
-                    frame.as_slice().into_datum().unwrap(),
-                ];
-                let mut nulls = [false, false, false, false, key.is_none(), false];
-                w.insert(&mut values, &mut nulls);
-            });
-            scratch.reset();
+            // the bytea copies live in the writer's batch context, freed with the batch: a
+            // large transaction does not pile up its frames in transaction memory
+            let old = pg_sys::MemoryContextSwitchTo(w.context());
+            let mut values = [
+                id.into_datum().unwrap(),
+                seq.into_datum().unwrap(),
+                (2 * ord as i32 + i as i32).into_datum().unwrap(),
+                pg_sys::Datum::from(op as usize),
+                key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+                frame.as_slice().into_datum().unwrap(),
+            ];
+            pg_sys::MemoryContextSwitchTo(old);
+            let mut nulls = [false, false, false, false, key.is_none(), false];
+            w.push(&mut values, &mut nulls);
         }
     }
-    drop(w);
+    w.finish();
 
     let xid = pg_sys::GetTopFullTransactionId().value;
     let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));

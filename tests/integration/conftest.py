@@ -68,6 +68,9 @@ DEFAULT_CONF = [
     # under the tests' feet (test_maintenance_worker.py turns them on in clusters of its own)
     "driftdb.maintenance_naptime = 0",
 ]
+# Extra lines from the environment, e.g. a private build:
+#   DRIFTDB_EXTRA_CONF="dynamic_library_path = '/path/to/dir:$libdir'"   (';;'-separated)
+DEFAULT_CONF += [l for l in os.environ.get("DRIFTDB_EXTRA_CONF", "").split(";;") if l.strip()]
 
 
 def pytest_configure(config):
