@@ -185,7 +185,18 @@ impl BatchWriter {
     /// inserted one by one).
     pub fn open(relid: pg_sys::Oid, rows: usize) -> BatchWriter {
         let w = Writer::open(relid);
-        BatchWriter { w, direct: rows < DIRECT_ROWS, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
+        // The batch path forms index entries itself, for plain column indexes only (driftdb's
+        // own): an index added by hand with expressions or a predicate sends every row down the
+        // direct path, CatalogTupleInsertWithInfo, as before batching existed.
+        // SAFETY: the index state of the open relation, ri_NumIndices entries.
+        let plain = unsafe {
+            let ind = w.indstate;
+            (0..(*ind).ri_NumIndices as usize).all(|i| {
+                let info = *(*ind).ri_IndexRelationInfo.add(i);
+                (*info).ii_Expressions.is_null() && (*info).ii_Predicate.is_null()
+            })
+        };
+        BatchWriter { w, direct: rows < DIRECT_ROWS || !plain, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
     }
 
     /// The tuple's bytes to come: build datums for `push` in this context (they are copied
