@@ -387,18 +387,7 @@ mod tests {
     #[test]
     fn frame_from_tail_is_encode_frame() {
         let values = every_value();
-        let mut events = Vec::new();
-        for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Schema] {
-            let mut e = sample_event();
-            e.op = op;
-            if op == Op::Schema {
-                e.schema = Some(SchemaChange {
-                    description: "ALTER TABLE t ADD COLUMN c".into(),
-                    columns: vec![ColumnDef { attnum: 1, name: "c".into(), type_name: "integer".into(), typmod: -1, dropped: false, missing: Some(Value::Int(3)) }],
-                });
-            }
-            events.push(e);
-        }
+        let mut events = event_of_every_op();
         for (i, v) in values.iter().enumerate() {
             let mut e = Event::new(i as u64, -5, 1, Op::Update);
             e.key = Some(vec![v.clone()]);
@@ -452,34 +441,44 @@ mod tests {
         assert!(matches!(decode_new_image(&frame), Err(FrameError::CrcMismatch { .. })));
     }
 
+    /// `sample_event()` with each op; the schema event lists a live and a dropped column.
+    fn event_of_every_op() -> Vec<Event> {
+        [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Schema]
+            .into_iter()
+            .map(|op| {
+                let mut e = sample_event();
+                e.op = op;
+                if op == Op::Schema {
+                    e.schema = Some(SchemaChange {
+                        description: "ALTER TABLE t ADD COLUMN c int".into(),
+                        columns: vec![
+                            ColumnDef {
+                                attnum: 1,
+                                name: "id".into(),
+                                type_name: "bigint".into(),
+                                typmod: -1,
+                                dropped: false,
+                                missing: Some(Value::Int(7)),
+                            },
+                            ColumnDef {
+                                attnum: 2,
+                                name: "........pg.dropped.2........".into(),
+                                type_name: "character varying(10)".into(),
+                                typmod: 14,
+                                dropped: true,
+                                missing: None,
+                            },
+                        ],
+                    });
+                }
+                e
+            })
+            .collect()
+    }
+
     #[test]
     fn round_trip_every_op_and_schema() {
-        for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Schema] {
-            let mut e = sample_event();
-            e.op = op;
-            if op == Op::Schema {
-                e.schema = Some(SchemaChange {
-                    description: "ALTER TABLE t ADD COLUMN c int".into(),
-                    columns: vec![
-                        ColumnDef {
-                            attnum: 1,
-                            name: "id".into(),
-                            type_name: "bigint".into(),
-                            typmod: -1,
-                            dropped: false,
-                            missing: Some(Value::Int(7)),
-                        },
-                        ColumnDef {
-                            attnum: 2,
-                            name: "........pg.dropped.2........".into(),
-                            type_name: "character varying(10)".into(),
-                            typmod: 14,
-                            dropped: true,
-                            missing: None,
-                        },
-                    ],
-                });
-            }
+        for e in event_of_every_op() {
             assert_eq!(decode_frame(&encode_frame(&e)).unwrap(), e);
         }
     }
