@@ -40,9 +40,8 @@ from tt_model import (
     rkey,
     seq_of_xid,
     spec_a,
-    spec_b,
-    spec_c,
     srt,
+    workload_on_three_tables,
     xid_now,
 )
 
@@ -370,17 +369,13 @@ def _compactable(conn, table: str, upto: int) -> list:
 
 def test_compaction_changes_no_result(db):
     conn = db.connect()
-    specs = [spec_a(), spec_b(), spec_c()]
-    for s in specs:
-        for stmt in s.ddl:
-            conn.execute(stmt)
-    w = Workload(conn, specs, random.Random(SEED))
+    w = workload_on_three_tables(conn, random.Random(SEED))
     w.run(70)
     conn.execute("SELECT driftdb.snapshot('tt_a')")  # a snapshot in the middle of what gets compacted
     w.run(80)
     assert w.stats["truncate"] >= 1 and w.stats["key_change"] >= 5, f"seed {SEED}: workload too tame {w.stats}"
     assert w.stats["committed"] >= 100, w.stats
-    names = [s.name for s in specs]
+    names = [s.name for s in w.specs]
     for t in names:
         assert_verified(conn, t)
 
@@ -573,18 +568,14 @@ def test_compaction_key_lookups_random(db):
     """The key paths (AS OF with equality on the identity; versions of one key) vs the model,
     on the random workload of the test above, before and after compaction."""
     conn = db.connect()
-    specs = [spec_a(), spec_b(), spec_c()]
-    for s in specs:
-        for stmt in s.ddl:
-            conn.execute(stmt)
-    w = Workload(conn, specs, random.Random(SEED))
+    w = workload_on_three_tables(conn, random.Random(SEED))
     w.run(70)
     conn.execute("SELECT driftdb.snapshot('tt_a')")
     w.run(80)
     errors = []
     for stage in ("before compaction", "after compaction"):
         if stage == "after compaction":
-            for s in specs:
+            for s in w.specs:
                 compact(conn, s.name)
         for check in (lambda: check_key_lookups(conn, w, random.Random(SEED), per_seq=12),
                       lambda: check_versions_by_key(conn, w)):
@@ -1403,14 +1394,10 @@ def test_retention_by_maintain(db):
 
 def test_maintain_compacts_and_terminates(db):
     conn = db.connect()
-    specs = [spec_a(), spec_b(), spec_c()]
-    for s in specs:
-        for stmt in s.ddl:
-            conn.execute(stmt)
-    names = [s.name for s in specs]
+    w = workload_on_three_tables(conn, random.Random(SEED + 6))
+    names = [s.name for s in w.specs]
     conn.execute("CREATE TABLE other (id int PRIMARY KEY) USING driftdb")
     conn.execute("INSERT INTO other SELECT generate_series(1, 50)")
-    w = Workload(conn, specs, random.Random(SEED + 6))
     w.run(160)
     top = current_seq(conn)
     n_ev = {t: len(_compactable(conn, t, top)) for t in names}

@@ -32,7 +32,7 @@ import secrets
 import pytest
 
 from conftest import create_database, drop_database
-from tt_model import Workload, as_of_rows, diff_rows, spec_a, spec_b, spec_c, srt
+from tt_model import Workload, as_of_rows, diff_rows, srt, workload_on_three_tables
 
 SEED = int(os.environ.get("TT_SEED", "20261122"))
 N_TX = 300
@@ -48,11 +48,7 @@ def wl(pg_cluster):
     create_database(pg_cluster, name)
     conn = pg_cluster.connect(name)
     try:
-        specs = [spec_a(), spec_b(), spec_c()]
-        for s in specs:
-            for stmt in s.ddl:
-                conn.execute(stmt)
-        w = Workload(conn, specs, random.Random(SEED))
+        w = workload_on_three_tables(conn, random.Random(SEED))
         w.run(N_TX)
         yield w
     finally:

@@ -263,6 +263,15 @@ def spec_c() -> Spec:
     )
 
 
+def workload_on_three_tables(conn, rnd: random.Random) -> "Workload":
+    """Create the tables of spec_a, spec_b and spec_c and return a Workload over them (not run)."""
+    specs = [spec_a(), spec_b(), spec_c()]
+    for s in specs:
+        for stmt in s.ddl:
+            conn.execute(stmt)
+    return Workload(conn, specs, rnd)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading driftdb
 # --------------------------------------------------------------------------------------------
