@@ -184,15 +184,41 @@ checkpoint() { psql_q -c "CHECKPOINT"; }
 
 # run_pgbench DB OUTFILE pgbench-args... → prints TPS (excluding connection time), or "NA".
 # Fails soft: a failing system is reported as NA and the log kept, the benchmark goes on.
+# cluster_cpu_ticks: CPU time (clock ticks, user + system) the benchmark cluster's server
+# processes have used so far: the postmaster, its live children (backends, walwriter,
+# checkpointer, workers), and through the postmaster's cutime/cstime the children that have
+# exited and been reaped. Unlike throughput, it does not move with what else the host is doing.
+cluster_cpu_ticks() {
+  local pm pid line t=0
+  pm=$(head -1 "$BENCH_DATA/postmaster.pid" 2>/dev/null) || { echo NA; return 0; }
+  for pid in "$pm" $(pgrep -P "$pm"); do
+    line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    # shellcheck disable=SC2086
+    set -- ${line##*) }   # from field 3 (state) on: field N is $((N - 2))
+    if [ "$pid" = "$pm" ]; then t=$((t + ${12} + ${13} + ${14} + ${15})); else t=$((t + ${12} + ${13})); fi
+  done
+  echo "$t"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# run_pgbench DB LOG ARGS...: prints the run's TPS (NA if it failed) and writes LOG.cpu: the
+# cluster's server CPU per transaction in µs (cpu_of LOG reads it).
 run_pgbench() {
   local db=$1 out=$2; shift 2
+  local c0 c1 n
+  c0=$(cluster_cpu_ticks)
   if ! "$PGBIN/pgbench" "$@" "$db" >"$out" 2>&1; then
+    echo NA >"$out.cpu"
     local err; err=$(grep -m1 -o 'ERROR: .*' "$out" || tail -1 "$out")
     log "pgbench failed on $db, run counted as NA: $err (log: $out)"
     note "${NOTE_CONTEXT:-pgbench} on $db: run aborted — $err"
     echo NA; return 0
   fi
   local failed
+  c1=$(cluster_cpu_ticks)
+  n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+  awk -v c0="$c0" -v c1="$c1" -v n="${n:-0}" -v hz="$CLK_TCK" 'BEGIN {
+    if (c0 ~ /^[0-9]+$/ && c1 ~ /^[0-9]+$/ && n > 0) printf "%.2f\n", (c1 - c0) * 1e6 / hz / n; else print "NA" }' >"$out.cpu"
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
   if [ -n "$failed" ] && [ "$failed" != 0 ]; then
     log "WARNING: $failed failed transactions on $db"
@@ -255,6 +281,20 @@ report() {
     fi
   done
   echo
+}
+
+# The server CPU per transaction of each run (run_pgbench's LOG.cpu), by system, reported by
+# report_cpu as a table of its own: the cost of versioning with the host's noise left out.
+declare -A CPU
+cpu_of() { cat "$1.cpu" 2>/dev/null || echo NA; }
+report_cpu() {  # report_cpu BENCH VARIANT: report the CPU runs (ratio = heap's ÷ the system's), then forget them
+  local -A saved=()
+  local k
+  for k in "${!RUNS[@]}"; do saved[$k]=${RUNS[$k]}; done
+  RUNS=(); for k in "${!CPU[@]}"; do RUNS[$k]=${CPU[$k]}; done
+  report "$1, server CPU" "$2" "µs of server CPU per transaction" 1
+  RUNS=(); for k in "${!saved[@]}"; do RUNS[$k]=${saved[$k]}; done
+  CPU=()
 }
 
 # note TEXT: remarks for the results page (deduplicated by run_all.sh)

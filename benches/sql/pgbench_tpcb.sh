@@ -94,8 +94,10 @@ for mode in $MODES; do
               "${SCRIPT_ARGS[@]}" -M "$PROTOCOL" -c "$CLIENTS" -j "$JOBS" -T "$TIME")
       log "sync_commit=$mode run $r/$RUNS_N $sys: $tps tps"
       RUNS[$sys]="${RUNS[$sys]:-} $tps"
+      CPU[$sys]="${CPU[$sys]:-} $(cpu_of "$BENCH_DATA/run-$mode-$r-$sys.log")"
     done
   done
   report "tpcb ($SCRIPT)" "scale=$SCALE c=$CLIENTS ${TIME}s sync_commit=$mode" tps 0
+  report_cpu "tpcb ($SCRIPT)" "scale=$SCALE c=$CLIENTS ${TIME}s sync_commit=$mode"
 done
 log "total $((SECONDS - T0))s; load average now $(host_load)"

@@ -60,9 +60,11 @@ for mode in $MODES; do
                 -f "$HERE/scripts/single_row_$wl.pgbench")
         log "sync_commit=$mode $wl run $r/$RUNS_N $sys: $tps tps"
         RUNS[$sys]="${RUNS[$sys]:-} $tps"
+        CPU[$sys]="${CPU[$sys]:-} $(cpu_of "$BENCH_DATA/run-$mode-$wl-$r-$sys.log")"
       done
     done
     report "single-row $wl" "rows=$NROWS c=$CLIENTS ${TIME}s sync_commit=$mode" tps 0
+    report_cpu "single-row $wl" "rows=$NROWS c=$CLIENTS ${TIME}s sync_commit=$mode"
   done
 done
 for sys in $SYSTEMS; do
