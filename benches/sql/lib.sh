@@ -188,16 +188,30 @@ checkpoint() { psql_q -c "CHECKPOINT"; }
 # processes have used so far: the postmaster, its live children (backends, walwriter,
 # checkpointer, workers), and through the postmaster's cutime/cstime the children that have
 # exited and been reaped. Unlike throughput, it does not move with what else the host is doing.
+# A child reaped while the children are being read would be counted twice or not at all, so the
+# reading is repeated until the postmaster's reaped-children time is the same before and after.
 cluster_cpu_ticks() {
-  local pm pid line t=0
+  local pm pid line try own reaped reaped2 kids
   pm=$(head -1 "$BENCH_DATA/postmaster.pid" 2>/dev/null) || { echo NA; return 0; }
-  for pid in "$pm" $(pgrep -P "$pm"); do
-    line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    line=$(cat "/proc/$pm/stat" 2>/dev/null) || { echo NA; return 0; }
     # shellcheck disable=SC2086
     set -- ${line##*) }   # from field 3 (state) on: field N is $((N - 2))
-    if [ "$pid" = "$pm" ]; then t=$((t + ${12} + ${13} + ${14} + ${15})); else t=$((t + ${12} + ${13})); fi
+    own=$((${12} + ${13})) reaped=$((${14} + ${15})) kids=0
+    for pid in $(pgrep -P "$pm"); do
+      line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+      # shellcheck disable=SC2086
+      set -- ${line##*) }
+      kids=$((kids + ${12} + ${13}))
+    done
+    line=$(cat "/proc/$pm/stat" 2>/dev/null) || { echo NA; return 0; }
+    # shellcheck disable=SC2086
+    set -- ${line##*) }
+    reaped2=$((${14} + ${15}))
+    [ "$reaped" = "$reaped2" ] && { echo $((own + reaped + kids)); return 0; }
+    sleep 0.1
   done
-  echo "$t"
+  echo NA
 }
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -215,6 +229,7 @@ run_pgbench() {
     echo NA; return 0
   fi
   local failed
+  sleep 0.5   # let the run's backends exit and be reaped: they are counted either way, but not mid-exit
   c1=$(cluster_cpu_ticks)
   n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
   awk -v c0="$c0" -v c1="$c1" -v n="${n:-0}" -v hz="$CLK_TCK" 'BEGIN {
