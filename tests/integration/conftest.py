@@ -36,6 +36,7 @@ Markers: ``slow`` (restarts a server or starts an extra one; deselect with ``-m 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import secrets
@@ -270,6 +271,20 @@ def create_database(cluster: Cluster, name: str, extension: bool = True) -> None
     if extension:
         with cluster.connect(name) as c:
             c.execute("CREATE EXTENSION driftdb")
+
+
+@contextlib.contextmanager
+def module_database(cluster: Cluster, prefix: str):
+    """A database of its own (driftdb installed) for a module-scoped fixture: yields a
+    connection to it; afterwards the connection is closed and the database dropped."""
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    create_database(cluster, name)
+    conn = cluster.connect(name)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        drop_database(cluster, name)
 
 
 def drop_database(cluster: Cluster, name: str) -> None:

@@ -27,11 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import secrets
 
 import pytest
 
-from conftest import create_database, drop_database
+from conftest import module_database
 from tt_model import Workload, as_of_rows, diff_rows, srt, workload_on_three_tables
 
 SEED = int(os.environ.get("TT_SEED", "20261122"))
@@ -44,16 +43,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wl(pg_cluster):
     """The workload, run once for the module in a database of its own."""
-    name = f"t_tt_model_{secrets.token_hex(3)}"
-    create_database(pg_cluster, name)
-    conn = pg_cluster.connect(name)
-    try:
+    with module_database(pg_cluster, "t_tt_model") as conn:
         w = workload_on_three_tables(conn, random.Random(SEED))
         w.run(N_TX)
         yield w
-    finally:
-        conn.close()
-        drop_database(pg_cluster, name)
 
 
 def _sample_seqs(w: Workload) -> list:

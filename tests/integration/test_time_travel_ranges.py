@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 
 import psycopg
 import pytest
 
-from conftest import create_database, drop_database, explain
+from conftest import explain, module_database
 
 SEED = int(os.environ.get("TT_RANGE_SEED", "20261122"))
 N_TX = 70
@@ -135,10 +134,7 @@ class History:
 
 @pytest.fixture(scope="module")
 def hist(pg_cluster):
-    name = f"t_tt_ranges_{secrets.token_hex(3)}"
-    create_database(pg_cluster, name)
-    conn = pg_cluster.connect(name)
-    try:
+    with module_database(pg_cluster, "t_tt_ranges") as conn:
         conn.execute("CREATE TABLE rk (id int PRIMARY KEY, v int NOT NULL, pad text) USING driftdb")
         h = History(conn, random.Random(SEED))
         h.load()
@@ -152,9 +148,6 @@ def hist(pg_cluster):
                 h.truncate_and_reload()
         conn.execute("ANALYZE rk")
         yield h
-    finally:
-        conn.close()
-        drop_database(pg_cluster, name)
 
 
 def _expected(h: History, n: int, pred) -> list:
