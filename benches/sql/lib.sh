@@ -182,32 +182,31 @@ prewarm() {  # prewarm DB REL... (best effort)
 
 checkpoint() { psql_q -c "CHECKPOINT"; }
 
-# run_pgbench DB OUTFILE pgbench-args... → prints TPS (excluding connection time), or "NA".
-# Fails soft: a failing system is reported as NA and the log kept, the benchmark goes on.
-# cluster_cpu_ticks: CPU time (clock ticks, user + system) the benchmark cluster's server
-# processes have used so far: the postmaster, its live children (backends, walwriter,
-# checkpointer, workers), and through the postmaster's cutime/cstime the children that have
-# exited and been reaped. Unlike throughput, it does not move with what else the host is doing.
-# A child reaped while the children are being read would be counted twice or not at all, so the
-# reading is repeated until the postmaster's reaped-children time is the same before and after.
+# proc_times PID → "OWN REAPED": the process's CPU ticks (user + system), and those of its
+# children it has reaped (cutime + cstime); fails if the process is gone.
+proc_times() {
+  local line; line=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # shellcheck disable=SC2086
+  set -- ${line##*) }   # from field 3 (state) on: field N is $((N - 2))
+  echo "$((${12} + ${13})) $((${14} + ${15}))"
+}
+
+# cluster_cpu_ticks: CPU ticks the benchmark cluster's server processes have used so far: the
+# postmaster, its live children (backends, walwriter, checkpointer, workers), and through the
+# postmaster's reaped-children time those that have exited. It moves less than throughput with
+# what else the host is doing (time spent waiting for a core is not counted). A child reaped
+# while the children are being read would be counted twice or not at all, so the reading is
+# repeated until the postmaster's reaped-children time is the same before and after.
 cluster_cpu_ticks() {
-  local pm pid line try own reaped reaped2 kids
+  local pm pid try own reaped own2 reaped2 kids t x
   pm=$(head -1 "$BENCH_DATA/postmaster.pid" 2>/dev/null) || { echo NA; return 0; }
   for try in 1 2 3 4 5 6 7 8 9 10; do
-    line=$(cat "/proc/$pm/stat" 2>/dev/null) || { echo NA; return 0; }
-    # shellcheck disable=SC2086
-    set -- ${line##*) }   # from field 3 (state) on: field N is $((N - 2))
-    own=$((${12} + ${13})) reaped=$((${14} + ${15})) kids=0
+    read -r own reaped < <(proc_times "$pm") || { echo NA; return 0; }
+    kids=0
     for pid in $(pgrep -P "$pm"); do
-      line=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-      # shellcheck disable=SC2086
-      set -- ${line##*) }
-      kids=$((kids + ${12} + ${13}))
+      read -r t x < <(proc_times "$pid") && kids=$((kids + t))
     done
-    line=$(cat "/proc/$pm/stat" 2>/dev/null) || { echo NA; return 0; }
-    # shellcheck disable=SC2086
-    set -- ${line##*) }
-    reaped2=$((${14} + ${15}))
+    read -r own2 reaped2 < <(proc_times "$pm") || { echo NA; return 0; }
     [ "$reaped" = "$reaped2" ] && { echo $((own + reaped + kids)); return 0; }
     sleep 0.1
   done
@@ -215,8 +214,9 @@ cluster_cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-# run_pgbench DB LOG ARGS...: prints the run's TPS (NA if it failed) and writes LOG.cpu: the
-# cluster's server CPU per transaction in µs (cpu_of LOG reads it).
+# run_pgbench DB OUTFILE pgbench-args... → prints TPS (excluding connection time), or "NA", and
+# writes OUTFILE.cpu: the cluster's server CPU per transaction in µs (cpu_of OUTFILE reads it).
+# Fails soft: a failing system is reported as NA and the log kept, the benchmark goes on.
 run_pgbench() {
   local db=$1 out=$2; shift 2
   local c0 c1 n
@@ -299,7 +299,7 @@ report() {
 }
 
 # The server CPU per transaction of each run (run_pgbench's LOG.cpu), by system, reported by
-# report_cpu as a table of its own: the cost of versioning with the host's noise left out.
+# report_cpu as a table of its own: the cost of versioning, less exposed to the host's noise.
 declare -A CPU
 cpu_of() { cat "$1.cpu" 2>/dev/null || echo NA; }
 report_cpu() {  # report_cpu BENCH VARIANT: report the CPU runs (ratio = heap's ÷ the system's), then forget them
