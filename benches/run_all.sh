@@ -6,7 +6,7 @@
 #   benches/run_all.sh --quick    smoke check: small sizes, one 2-second run each (~5 minutes);
 #                                 proves everything runs, the numbers are only indicative
 #   --out FILE                    write the markdown somewhere else
-#   --only "tpcb single_row copy reads time_travel segments"   run a subset
+#   --only "tpcb single_row commit_cost copy reads time_travel segments"   run a subset
 #   --render FILE.tsv             no benchmarks: re-render the markdown from a results TSV
 #
 # Each benchmark starts and stops its own throwaway cluster; see benches/README.md for what they
@@ -18,7 +18,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/sql/lib.sh"
 trap - EXIT
 
-MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row copy reads time_travel segments" RENDER=
+MODE=full OUT="$HERE/results/latest.md" ONLY="tpcb single_row commit_cost copy reads time_travel segments" RENDER=
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick; shift ;;
@@ -34,6 +34,7 @@ done
 if [ "$MODE" = quick ]; then
   TPCB=(--scale 2 --clients 2 --time 2 --runs 1 --sync-commit both)
   SINGLE=(--rows 100000 --clients 2 --time 2 --runs 1 --sync-commit both)
+  COMMIT=(--rows 100000 --commits 2000 --runs 1)
   COPY=(--rows 100000 --runs 1)
   READS=(--rows 100000 --clients 2 --time 2 --runs 1)
   TT=(--rows 5000 --updates 10 --depth-factor 10 --time 2 --runs 1)
@@ -41,6 +42,7 @@ if [ "$MODE" = quick ]; then
 else
   TPCB=(--scale 10 --clients 2 --time 20 --runs 3 --sync-commit both)
   SINGLE=(--rows 100000 --clients 2 --time 15 --runs 3 --sync-commit both)
+  COMMIT=(--rows 100000 --commits 20000 --runs 9)
   COPY=(--rows 1000000 --runs 3)
   READS=(--rows 1000000 --clients 2 --time 15 --runs 3)
   TT=(--rows 100000 --updates 10 --depth-factor 10 --time 5 --runs 3)
@@ -82,6 +84,7 @@ for b in $ONLY; do
       run "tpcb builtin" "$HERE/sql/pgbench_tpcb.sh" "${TPCB[@]}" --script builtin --systems "heap driftdb"
       run "tpcb partitioned" "$HERE/sql/pgbench_tpcb.sh" "${TPCB[@]}" --script partitioned ;;
     single_row) run "single_row" "$HERE/sql/single_row.sh" "${SINGLE[@]}" ;;
+    commit_cost) run "commit_cost" "$HERE/sql/commit_cost.sh" "${COMMIT[@]}" ;;
     copy)       run "copy" "$HERE/sql/copy_1m.sh" "${COPY[@]}" ;;
     reads)      run "reads" "$HERE/sql/reads.sh" "${READS[@]}" ;;
     time_travel) run "time_travel" "$HERE/sql/time_travel.sh" "${TT[@]}" ;;
