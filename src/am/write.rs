@@ -78,7 +78,8 @@ pub(super) unsafe extern "C-unwind" fn tuple_delete(
     crate::timetravel::guc::refuse_write(rel);
     let captured = capture::is_captured(rel);
     if captured {
-        identity::require(rel, "delete");
+        // the DELETE half of a cross-partition UPDATE says so (changingPart)
+        identity::require(rel, if changing_part { identity::Write::PartitionMove } else { identity::Write::Delete });
     }
     let result = heap_fn!(tuple_delete)(rel, tid, cid, snapshot, crosscheck, wait, tmfd, changing_part);
     if captured && result == pg_sys::TM_Result::TM_Ok {
@@ -104,7 +105,7 @@ pub(super) unsafe extern "C-unwind" fn tuple_update(
     crate::timetravel::guc::refuse_write(rel);
     let captured = capture::is_captured(rel);
     if captured {
-        identity::require(rel, "update");
+        identity::require(rel, identity::Write::Update);
     }
     // the TID of the version being replaced, copied before heap runs (the executor may pass a
     // pointer into a slot that heap_update's caller reuses)

@@ -56,21 +56,37 @@ pub unsafe fn has_identity(rel: pg_sys::Relation) -> bool {
     }
 }
 
+/// The write that needs a row identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Update,
+    Delete,
+    /// The DELETE half of an UPDATE that moves a row to another partition (`changingPart`).
+    PartitionMove,
+}
+
 /// Refuse an UPDATE or DELETE on a table whose rows cannot be told apart across versions.
 ///
 /// # Safety
 /// `rel` must be a valid open relation.
-pub unsafe fn require(rel: pg_sys::Relation, what: &str) {
+pub unsafe fn require(rel: pg_sys::Relation, write: Write) {
     if !has_identity(rel) {
         let name = pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string();
-        DriftError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot {what} rows of driftdb table \"{name}\": it has no row identity"),
-        )
-        .detail("driftdb records each version of a row under the table's REPLICA IDENTITY (by default its primary key); this table has none.")
-        .hint(format!(
-            "Add a primary key (ALTER TABLE {name} ADD PRIMARY KEY (...)), or use ALTER TABLE {name} REPLICA IDENTITY FULL or REPLICA IDENTITY USING INDEX."
-        ))
-        .raise();
+        let (message, moved) = match write {
+            Write::Update => (format!("cannot update rows of driftdb table \"{name}\": it has no row identity"), ""),
+            Write::Delete => (format!("cannot delete rows of driftdb table \"{name}\": it has no row identity"), ""),
+            Write::PartitionMove => (
+                format!("cannot move rows of driftdb table \"{name}\" to another partition: it has no row identity"),
+                "An UPDATE that changes a row's partition deletes it from one partition and inserts it into another. ",
+            ),
+        };
+        DriftError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+            .detail(format!(
+                "{moved}driftdb records each version of a row under the table's REPLICA IDENTITY (by default its primary key); this table has none."
+            ))
+            .hint(format!(
+                "Add a primary key (ALTER TABLE {name} ADD PRIMARY KEY (...)), or use ALTER TABLE {name} REPLICA IDENTITY FULL or REPLICA IDENTITY USING INDEX."
+            ))
+            .raise();
     }
 }

@@ -469,6 +469,27 @@ def test_partitions(conn):
     assert_verified(conn, "p1", "p2", "p3")
 
 
+def test_partition_move_without_identity_is_refused_as_a_move(conn):
+    """An UPDATE that moves a row to another partition deletes it from the first one; on a
+    partition without row identity the refusal says it is the move (not a DELETE the user never
+    wrote), and the row stays where it was."""
+    conn.execute("CREATE TABLE q (id int, k int, v text) PARTITION BY RANGE (k)")
+    conn.execute("CREATE TABLE q1 PARTITION OF q FOR VALUES FROM (0) TO (100) USING driftdb")
+    conn.execute("CREATE TABLE q2 PARTITION OF q FOR VALUES FROM (100) TO (200) USING driftdb")
+    conn.execute("INSERT INTO q VALUES (1, 10, 'a')")
+    seq = current_seq(conn)
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as exc:
+        conn.execute("UPDATE q SET k = 150 WHERE id = 1")
+    diag = exc.value.diag
+    assert diag.message_primary == 'cannot move rows of driftdb table "q1" to another partition: it has no row identity'
+    assert "changes a row's partition" in diag.message_detail and "PRIMARY KEY" in diag.message_hint
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match='cannot delete rows of driftdb table "q1"'):
+        conn.execute("DELETE FROM q WHERE id = 1")
+    assert conn.execute("SELECT tableoid::regclass::text, id, k, v FROM q").fetchall() == [("q1", 1, 10, "a")]
+    assert current_seq(conn) == seq
+    assert_verified(conn, "q1", "q2")
+
+
 def test_toasted_values(conn):
     conn.execute("CREATE TABLE t (id int PRIMARY KEY, big text, n int, b bytea) USING driftdb")
     conn.execute("INSERT INTO t SELECT g, repeat(md5(g::text), 40000), 0, "
