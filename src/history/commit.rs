@@ -48,6 +48,32 @@ thread_local! {
     /// relation's relcache entry is invalidated (DROP TABLE, so a reused OID never maps to an
     /// old id); entries made by the current transaction are dropped if it aborts.
     static TABLE_IDS: std::cell::RefCell<HashMap<pg_sys::Oid, (i32, bool)>> = std::cell::RefCell::new(HashMap::new());
+    /// The memory the pre-commit works in (`flush_context`).
+    static FLUSH_CXT: std::cell::Cell<pg_sys::MemoryContext> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// The pre-commit's memory context: a child of TopMemoryContext made on the first commit and
+/// kept for the backend's life, reset after every flush (and after an aborted one). Its first
+/// 64 kB block survives the resets, so a small transaction's history write allocates no new
+/// memory at all.
+fn flush_context() -> pg_sys::MemoryContext {
+    FLUSH_CXT.with(|c| {
+        if c.get().is_null() {
+            // SAFETY: creates a context under TopMemoryContext, which lives as long as the
+            // backend; it is never deleted, only reset.
+            let cxt = unsafe {
+                pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::TopMemoryContext,
+                    c"driftdb pre-commit".as_ptr(),
+                    64 * 1024,
+                    64 * 1024,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                )
+            };
+            c.set(cxt);
+        }
+        c.get()
+    })
 }
 
 #[pg_guard]
@@ -84,7 +110,18 @@ fn reset() {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT => flush(),
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT => {
+            // Everything PostgreSQL pallocs for the history write (tuples, slots, scan keys,
+            // index state) is garbage once it is written: it goes to a context of its own,
+            // kept for the backend's life and reset, so that its pages stay mapped instead of
+            // being malloc'ed (and page-faulted in) by the transaction context on every commit.
+            let cxt = flush_context();
+            pg_sys::MemoryContextReset(cxt); // what an aborted flush left
+            let old = pg_sys::MemoryContextSwitchTo(cxt);
+            flush();
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::MemoryContextReset(cxt);
+        }
         XACT_EVENT_PRE_PREPARE => {
             if super::capture::pending() {
                 DriftError::new(
@@ -102,6 +139,11 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             settle_table_ids(false);
+            let cxt = FLUSH_CXT.with(|c| c.get());
+            if !cxt.is_null() {
+                // a flush that raised an ERROR left its garbage here
+                pg_sys::MemoryContextReset(cxt);
+            }
             crate::hooks::utility::reset();
             reset()
         }
