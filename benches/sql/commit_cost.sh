@@ -57,7 +57,7 @@ for wl in $WORKLOADS; do
   for r in $(seq 1 "$RUNS_N"); do
     for sys in $SYSTEMS; do
       checkpoint
-      us=$(psql_q -d "$(db_of "$sys")" -Atc "CALL commit_cost_$wl($COMMITS, $NROWS, NULL)")
+      us=$(psql_q -d "$(db_of "$sys")" -Atc "CALL commit_cost('$wl', $COMMITS, $NROWS, NULL)")
       [[ "$us" =~ ^[0-9.]+$ ]] || die "$sys $wl: no timing from the loop ($us)"
       log "commit cost $wl run $r/$RUNS_N $sys: $us µs per transaction"
       RUNS[$sys]="${RUNS[$sys]:-} $us"
