@@ -52,10 +52,10 @@ thread_local! {
     static FLUSH_CXT: std::cell::Cell<pg_sys::MemoryContext> = const { std::cell::Cell::new(std::ptr::null_mut()) };
 }
 
-/// The pre-commit's memory context: a child of TopMemoryContext made on the first commit and
-/// kept for the backend's life, reset after every flush (and after an aborted one). Its first
-/// 64 kB block survives the resets, so a small transaction's history write allocates no new
-/// memory at all.
+/// The pre-commit's memory context: a child of TopMemoryContext made on the first commit that
+/// writes history and kept for the backend's life, reset after every flush (and after an
+/// aborted one). Its first 64 kB block survives the resets, so a small transaction's history
+/// write allocates no new memory at all.
 fn flush_context() -> pg_sys::MemoryContext {
     FLUSH_CXT.with(|c| {
         if c.get().is_null() {
@@ -74,6 +74,38 @@ fn flush_context() -> pg_sys::MemoryContext {
         }
         c.get()
     })
+}
+
+/// While alive, the current memory context is the pre-commit's (`flush_context`): everything
+/// PostgreSQL pallocs for the history write (tuples, slots, scan keys, index state) is garbage
+/// once it is written, and there its pages stay mapped instead of being malloc'ed (and
+/// page-faulted in) by the transaction context on every commit. Dropped, it makes the previous
+/// context current again and resets the pre-commit's; while an ERROR unwinds it leaves both to
+/// the abort (which resets the context in `xact_callback`).
+struct FlushMemory {
+    old: pg_sys::MemoryContext,
+}
+
+impl FlushMemory {
+    fn enter() -> FlushMemory {
+        // SAFETY: switches to a valid context that lives as long as the backend.
+        FlushMemory { old: unsafe { pg_sys::MemoryContextSwitchTo(flush_context()) } }
+    }
+}
+
+impl Drop for FlushMemory {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // SAFETY: `old` was current when this guard was made and outlives the flush; nothing
+        // allocated in the pre-commit's context is used after the flush (the locals that own
+        // its children were dropped before this guard).
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(self.old);
+            pg_sys::MemoryContextReset(flush_context());
+        }
+    }
 }
 
 #[pg_guard]
@@ -110,18 +142,7 @@ fn reset() {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT => {
-            // Everything PostgreSQL pallocs for the history write (tuples, slots, scan keys,
-            // index state) is garbage once it is written: it goes to a context of its own,
-            // kept for the backend's life and reset, so that its pages stay mapped instead of
-            // being malloc'ed (and page-faulted in) by the transaction context on every commit.
-            let cxt = flush_context();
-            pg_sys::MemoryContextReset(cxt); // what an aborted flush left
-            let old = pg_sys::MemoryContextSwitchTo(cxt);
-            flush();
-            pg_sys::MemoryContextSwitchTo(old);
-            pg_sys::MemoryContextReset(cxt);
-        }
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PARALLEL_PRE_COMMIT => flush(),
         XACT_EVENT_PRE_PREPARE => {
             if super::capture::pending() {
                 DriftError::new(
@@ -532,6 +553,8 @@ unsafe fn flush() {
     if changes.is_empty() && notes.is_empty() {
         return;
     }
+    // declared before every local that pallocs, so dropped after them
+    let _memory = FlushMemory::enter();
     // tables with only schema changes get an (empty) entry so that their notes are written
     for n in &notes {
         if !changes.iter().any(|c| c.rel == n.rel) {
