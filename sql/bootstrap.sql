@@ -68,6 +68,34 @@ CREATE INDEX events_key ON driftdb.events (table_id, key, seq);
 -- frames are already compact MessagePack: skip pglz and keep short rows inline
 ALTER TABLE driftdb.events ALTER COLUMN frame SET STORAGE EXTERNAL;
 
+-- Event packs: a transaction's row events of one table, when there are many of them (at least
+-- driftdb.pack_min_events: COPY, bulk INSERT/UPDATE/DELETE), stored a few kilobytes at a time
+-- instead of one events row each. A pack holds a run of the events sorted by key, each with
+-- its ord, op and frame exactly as driftdb.events would (format in docs/architecture.md and
+-- driftdb_core::pack); key_lo/key_hi are its lowest and highest key. The writer numbers a
+-- packed table's events in key order, so a transaction's packs in (seq, ord) order are also
+-- in key order, and a lookup by key reads at most one pack per transaction.
+CREATE TABLE driftdb.packs (
+    table_id integer NOT NULL,
+    seq      bigint NOT NULL,
+    ord      integer NOT NULL,       -- ord of its first event
+    nevents  integer NOT NULL,
+    nversions integer NOT NULL,      -- events that wrote a row version (insert, update)
+    key_lo   bytea NOT NULL,
+    key_hi   bytea NOT NULL,
+    data     bytea NOT NULL,
+    PRIMARY KEY (table_id, seq, ord)
+) USING heap;
+CREATE INDEX packs_key ON driftdb.packs (table_id, seq, key_lo);
+-- packs are a few kilobytes of MessagePack: lz4 (where the server has it) keeps them inline
+DO $$
+BEGIN
+  ALTER TABLE driftdb.packs ALTER COLUMN data SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+  NULL; -- a server built without lz4: pglz
+END
+$$;
+
 -- Snapshots: a table's full state at one seq, in compressed blocks (driftdb_core::snapshot,
 -- format in docs/architecture.md). Derived from the events (any snapshot can be rebuilt from
 -- them); they bound the cost of a full AS OF read to about the state size.
@@ -116,8 +144,9 @@ SELECT pg_catalog.pg_extension_config_dump('driftdb.snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commits', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.events', '');
+SELECT pg_catalog.pg_extension_config_dump('driftdb.packs', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.commit_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('driftdb.table_id_seq', '');
 
-REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events, driftdb.snapshots, driftdb.segments FROM PUBLIC;
+REVOKE ALL ON driftdb.tables, driftdb.commits, driftdb.events, driftdb.packs, driftdb.snapshots, driftdb.segments FROM PUBLIC;
 REVOKE ALL ON SEQUENCE driftdb.commit_seq, driftdb.table_id_seq FROM PUBLIC;

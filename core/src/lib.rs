@@ -6,7 +6,8 @@
 //! `replay` (rebuilding and verifying a table from its history), `versions` (every version
 //! of every row, with the span of history it was current for), `snapshot` (the compressed,
 //! CRC-protected block format of snapshots), `segment` (compacted event segments in that
-//! block format, and the SHA-256 hash chain), `txbuf` (the per-transaction change buffer the
+//! block format, and the SHA-256 hash chain), `pack` (a bulk transaction's row events of one
+//! table, key-sorted, in one value), `txbuf` (the per-transaction change buffer the
 //! extension fills from its write callbacks) and `net` (folding a transaction's changes to
 //! one net change per row).
 
@@ -15,6 +16,7 @@
 pub mod event;
 pub mod frame;
 pub mod net;
+pub mod pack;
 pub mod replay;
 pub mod row;
 pub mod segment;
@@ -30,6 +32,7 @@ pub use frame::{
     check_frame, decode_frame, decode_key, decode_new_image, encode_frame, encode_key, int_key_ranges, FrameError, FORMAT_VERSION,
     HEADER_LEN, MAGIC,
 };
+pub use pack::{BuiltPack, Pack, PackBuilder, PackEntry, PackError, PACK_FORMAT_VERSION, PACK_MAGIC};
 pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
 pub use row::Row;
 pub use segment::{

@@ -40,6 +40,7 @@ fn forget_dropped_tables(relids: Vec<pg_sys::Oid>) -> i64 {
             }
             if let Some(id) = lookup_table_id(&cat, relid) {
                 removed += delete_where_table_id(cat.events, cat.events_pkey, id) as i64;
+                delete_where_table_id(cat.packs, cat.packs_pkey, id);
                 delete_where_table_id(cat.snapshots, cat.snapshots_pkey, id);
                 delete_where_table_id(cat.segments, cat.segments_pkey, id);
                 // the registry row: found through its primary key (table_id)

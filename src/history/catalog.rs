@@ -27,6 +27,9 @@ pub struct Catalog {
     pub events: pg_sys::Oid,
     pub events_pkey: pg_sys::Oid,
     pub events_key: pg_sys::Oid,
+    pub packs: pg_sys::Oid,
+    pub packs_pkey: pg_sys::Oid,
+    pub packs_key: pg_sys::Oid,
     pub snapshots: pg_sys::Oid,
     pub snapshots_pkey: pg_sys::Oid,
     pub segments: pg_sys::Oid,
@@ -73,6 +76,9 @@ impl Catalog {
             events: relid(nsp, "events"),
             events_pkey: relid(nsp, "events_pkey"),
             events_key: relid(nsp, "events_key"),
+            packs: relid(nsp, "packs"),
+            packs_pkey: relid(nsp, "packs_pkey"),
+            packs_key: relid(nsp, "packs_key"),
             snapshots: relid(nsp, "snapshots"),
             snapshots_pkey: relid(nsp, "snapshots_pkey"),
             segments: relid(nsp, "segments"),
@@ -80,7 +86,7 @@ impl Catalog {
             commit_seq: relid(nsp, "commit_seq"),
             table_id_seq: relid(nsp, "table_id_seq"),
         };
-        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.events_key, c.snapshots, c.snapshots_pkey, c.segments, c.segments_pkey, c.commit_seq, c.table_id_seq]
+        if [c.tables, c.tables_pkey, c.tables_relid_idx, c.commits, c.commits_pkey, c.events, c.events_pkey, c.events_key, c.packs, c.packs_pkey, c.packs_key, c.snapshots, c.snapshots_pkey, c.segments, c.segments_pkey, c.commit_seq, c.table_id_seq]
             .contains(&pg_sys::InvalidOid)
         {
             return None;

@@ -27,6 +27,7 @@ use pgrx::PgMemoryContexts;
 
 use super::capture::{notes_end_sub, unpack_tid, SCHEMA_NOTES, TXBUF};
 use super::catalog::{self, nextval, BatchWriter, Catalog, Order, Writer};
+use super::packs::{self, PackWriter};
 use super::codec;
 use super::identity::{self, Identity};
 use crate::error::DriftError;
@@ -540,6 +541,37 @@ unsafe fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
     }
 }
 
+/// Which tables' (runs') row events go into packs: those with at least
+/// `driftdb.pack_min_events` of them, all keyed, none of which moved a row to another key
+/// (moved-key markers stay event rows). Their changes are put in key order, so that the ords
+/// numbered from that order ascend with the key (TRUNCATE and schema events stay first).
+fn choose_packs(pending: &mut Pending) -> Vec<bool> {
+    let Pending { items, bytes, runs } = pending;
+    let mut start = 0;
+    runs.iter()
+        .map(|&(_, end)| {
+            let span = &mut items[start..end];
+            start = end;
+            let keyed = span.iter().filter(|it| it.key.is_some()).count();
+            let packable = span.iter().all(|it| it.old_key.is_none() && (it.key.is_some() || matches!(it.op, Op::Truncate | Op::Schema)));
+            if !packable || !packs::wanted(keyed) {
+                return false;
+            }
+            span.sort_by(|a, b| match (&a.key, &b.key) {
+                (Some(x), Some(y)) => bytes[x.clone()].cmp(&bytes[y.clone()]),
+                (x, y) => x.is_some().cmp(&y.is_some()),
+            });
+            true
+        })
+        .collect()
+}
+
+/// Whether item `i` belongs to a packed table.
+fn packed_at(pending: &Pending, packed: &[bool], i: usize) -> bool {
+    let run = pending.runs.partition_point(|&(_, end)| end <= i);
+    packed.get(run).copied().unwrap_or(false)
+}
+
 /// Pre-commit: write this transaction's history.
 unsafe fn flush() {
     if POISONED.with(|p| p.get()) {
@@ -600,16 +632,21 @@ unsafe fn flush() {
         }
     }
 
-    // the rows go out in batches (heap_multi_insert, then their index entries)
-    let rows = pending.items.len() + pending.items.iter().filter(|it| it.old_key.is_some()).count();
+    // the rows go out in batches (heap_multi_insert, then their index entries); a bulk
+    // table's row events go into packs instead (history/packs.rs)
+    let packed = choose_packs(&mut pending);
+    let npacked = pending.items.iter().enumerate().filter(|(i, it)| it.key.is_some() && packed_at(&pending, &packed, *i)).count();
+    let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key.is_some()).count();
     let mut w = BatchWriter::open(cat.events, rows);
+    let mut pw: Option<PackWriter> = None;
+    let mut pw_table: Option<usize> = None;
     let mut frame = Vec::with_capacity(256);
-    let mut runs = pending.runs.iter().peekable();
+    let mut run = 0usize;
     for (ord, item) in pending.items.iter().enumerate() {
-        while runs.peek().is_some_and(|&&(_, end)| ord >= end) {
-            runs.next();
+        while pending.runs[run].1 <= ord {
+            run += 1;
         }
-        let &(rel, _) = runs.peek().expect("every pending change belongs to a run");
+        let rel = pending.runs[run].0;
         let id = ids[&rel];
         let op = item.op;
         let op_char = match op {
@@ -620,6 +657,15 @@ unsafe fn flush() {
             Op::Schema => b's',
         };
         encode_frame_from_tail(seq as u64, ts, id as u32, op, &pending.bytes[item.tail.clone()], &mut frame);
+        if let (true, Some(key)) = (packed[run], pending.slice(&item.key)) {
+            let pw = pw.get_or_insert_with(|| PackWriter::open(&cat, npacked));
+            if pw_table != Some(run) {
+                pw.start(id, seq);
+                pw_table = Some(run);
+            }
+            pw.push(2 * ord as i32, op_char, key, &frame);
+            continue;
+        }
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.
@@ -645,6 +691,9 @@ unsafe fn flush() {
         }
     }
     w.finish();
+    if let Some(pw) = pw {
+        pw.finish();
+    }
 
     let xid = pg_sys::GetTopFullTransactionId().value;
     let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));

@@ -7,7 +7,8 @@
 //! 2. At `XACT_EVENT_PRE_COMMIT`, [`commit`] reduces the buffer to one net change per row,
 //!    reads the row images from the heap, encodes them ([`codec`]), and — if anything changed —
 //!    takes the next commit seq and timestamp and writes one frame per change into
-//!    `driftdb.events` plus one row in `driftdb.commits`, in the same transaction.
+//!    `driftdb.events` (or, for a table with many changes, into key-sorted [`packs`]) plus one
+//!    row in `driftdb.commits`, in the same transaction.
 //! 3. Aborts discard the buffer; nothing was written.
 pub mod capture;
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod commit;
 pub mod decode;
 pub mod ddl;
 pub mod identity;
+pub mod packs;
 pub mod settle;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -34,5 +36,6 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    packs::init();
     commit::register_callbacks();
 }

@@ -19,6 +19,7 @@ use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 use super::{append_link, head_seg_id, lock_chain, seal_chain, Link};
 use crate::history::catalog::{self, Catalog, Order};
+use crate::history::packs;
 use crate::timetravel::engine::{self, Point};
 use crate::timetravel::reader;
 
@@ -117,11 +118,25 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
         (2, pg_sys::BTGreaterStrategyNumber as u16, pg_sys::F_INT8GT, pg_sys::Datum::from(lo)),
         (2, pg_sys::BTLessEqualStrategyNumber as u16, pg_sys::F_INT8LE, pg_sys::Datum::from(upto)),
     ];
-    if count_compactable(cat, &keys, min_events.max(1)) < min_events.max(1) {
+    let want = min_events.max(1);
+    let waiting = count_compactable(cat, &keys, want);
+    if waiting < want && waiting + packs::count(cat, table_id, lo, upto, want - waiting) < want {
         return out;
     }
-    // Write a chunk as segments and delete its event rows.
-    let mut flush = |entries: &mut Vec<SegmentEntry>, tids: &mut Vec<pg_sys::ItemPointerData>, out: &mut Outcome| {
+    // bulk transactions' packed events, added to the chunk at their place in seq order
+    let bulk = packs::seqs(cat, table_id, lo, upto, catalog::snapshot_self());
+    let mut next_bulk = 0usize;
+    let mut pack_tids: Vec<pg_sys::ItemPointerData> = Vec::new();
+    let add_packs = |s: i64, chunk: &mut Vec<SegmentEntry>, pack_tids: &mut Vec<pg_sys::ItemPointerData>| {
+        packs::for_seq(cat, table_id, s, catalog::snapshot_self(), pg_sys::AccessShareLock, |row| {
+            let p = row.pack();
+            chunk.extend(p.entries().map(|e| SegmentEntry { seq: s, ord: e.ord, op: e.op, key: e.key.to_vec(), frame: e.frame.to_vec() }));
+            pack_tids.push(row.tid);
+            true
+        });
+    };
+    // Write a chunk as segments and delete its event rows (and packs).
+    let mut flush = |entries: &mut Vec<SegmentEntry>, tids: &mut Vec<pg_sys::ItemPointerData>, pack_tids: &mut Vec<pg_sys::ItemPointerData>, out: &mut Outcome| {
         entries.sort_by(|a, b| (&a.key, a.seq, a.ord).cmp(&(&b.key, b.seq, b.ord)));
         let mut builder = SegmentBuilder::new(target);
         let mut segs = Vec::new();
@@ -149,6 +164,8 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
         }
         tids.clear();
+        packs::delete(cat, pack_tids);
+        pack_tids.clear();
     };
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb compaction scan");
     let mut last_seq = lo;
@@ -158,13 +175,22 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
     unsafe {
         catalog::scan(cat.events, cat.events_pkey, &keys, catalog::snapshot_self(), Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
             let seq = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
+            while next_bulk < bulk.len() && bulk[next_bulk] < seq {
+                let s = bulk[next_bulk];
+                if s != last_seq && chunk.len() >= CHUNK_EVENTS {
+                    flush(&mut chunk, &mut tids, &mut pack_tids, &mut out);
+                }
+                add_packs(s, &mut chunk, &mut pack_tids);
+                last_seq = s;
+                next_bulk += 1;
+            }
             let op = catalog::attr(tup, rel, 4).map_or(0, |d| d.value() as u8);
             if !matches!(op, b'i' | b'u' | b'd' | b'm') {
                 return true;
             }
             let Some(key) = catalog::attr(tup, rel, 5) else { return true };
             if seq != last_seq && chunk.len() >= CHUNK_EVENTS {
-                flush(&mut chunk, &mut tids, &mut out);
+                flush(&mut chunk, &mut tids, &mut pack_tids, &mut out);
                 progress.tick((seq - lo) as f64 / (upto - lo) as f64, || format!("{total} events, {} segments", out.segments));
             }
             last_seq = seq;
@@ -183,8 +209,15 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
             true
         });
     }
+    for &s in &bulk[next_bulk..] {
+        if s != last_seq && chunk.len() >= CHUNK_EVENTS {
+            flush(&mut chunk, &mut tids, &mut pack_tids, &mut out);
+        }
+        add_packs(s, &mut chunk, &mut pack_tids);
+        last_seq = s;
+    }
     if !chunk.is_empty() {
-        flush(&mut chunk, &mut tids, &mut out);
+        flush(&mut chunk, &mut tids, &mut pack_tids, &mut out);
     }
     // SAFETY: timestamps of this transaction; relcache invalidation of the user table makes
     // every backend drop its cached registration (compacted_upto) and directory.

@@ -66,6 +66,9 @@ fn events_after(cat: &Catalog, table_id: i32, after: i64, limit: usize) -> usize
             n < limit
         });
     }
+    if n < limit {
+        n += crate::history::packs::count(cat, table_id, after, i64::MAX, limit - n);
+    }
     n
 }
 

@@ -7,8 +7,9 @@
 //!
 //! This module is the read side every history reader goes through, and the one writer of
 //! links:
-//! - `for_each_event`: a table's events in (seq, ord) order from `driftdb.events` *and* the
-//!   segments, merged (what replay, versions, changes and verify read);
+//! - `for_each_event`: a table's events in (seq, ord) order from `driftdb.events`, the packs
+//!   of bulk transactions (`driftdb.packs`) *and* the segments, merged (what replay, versions,
+//!   changes and verify read);
 //! - `key_entries`: one key's compacted events (what a key lookup reads after the recent
 //!   events in `driftdb.events` had none);
 //! - `directory`: the links' headers (no data), cached per backend and revalidated by the
@@ -33,6 +34,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::history::catalog::{self, Catalog, Order};
+use crate::history::packs;
 use crate::timetravel::reader::corrupted;
 
 pub mod chain;
@@ -353,11 +355,40 @@ pub fn for_each_event(
     // detoasted frames of a long scan go to a per-row context
     let mut tmp = pgrx::PgMemoryContexts::new("driftdb history scan");
     let mut go = true;
+    // Bulk transactions' packed events come after their seq's event rows (TRUNCATE and schema
+    // events, numbered first), in ord order.
+    let bulk = packs::seqs(cat, table_id, lo, hi, snapshot);
+    let mut next_bulk = 0usize;
+    let emit_packs = |s: i64, segs: &mut SegStream, f: &mut dyn FnMut(i64, i32, u8, Option<&[u8]>, &[u8]) -> bool| -> bool {
+        packs::for_seq(cat, table_id, s, snapshot, pg_sys::AccessShareLock, |row| {
+            let p = row.pack();
+            for e in p.entries() {
+                while let Some(c) = segs.peek_before(s, e.ord) {
+                    if !f(c.seq, c.ord, c.op, Some(&c.key), &c.frame) {
+                        return false;
+                    }
+                    segs.advance();
+                }
+                segs.skip_equal(s, e.ord);
+                if !f(s, e.ord, e.op, Some(e.key), e.frame) {
+                    return false;
+                }
+            }
+            true
+        })
+    };
     // SAFETY: catalog-style read of driftdb.events.
     unsafe {
         catalog::scan(cat.events, cat.events_pkey, &keys, snapshot, Order::Forward, pg_sys::AccessShareLock, |tup, rel| {
             let seq = catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64);
             let ord = catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32);
+            while next_bulk < bulk.len() && bulk[next_bulk] < seq {
+                if !emit_packs(bulk[next_bulk], &mut segs, &mut f) {
+                    go = false;
+                    return false;
+                }
+                next_bulk += 1;
+            }
             // compacted events that come first
             while let Some(e) = segs.peek_before(seq, ord) {
                 if !f(e.seq, e.ord, e.op, Some(&e.key), &e.frame) {
@@ -385,6 +416,10 @@ pub fn for_each_event(
             tmp.reset();
             go
         });
+    }
+    while go && next_bulk < bulk.len() {
+        go = emit_packs(bulk[next_bulk], &mut segs, &mut f);
+        next_bulk += 1;
     }
     while go {
         let Some(e) = segs.peek_before(i64::MAX, i32::MAX) else { break };

@@ -92,6 +92,7 @@ fn remove_events(
             true
         });
     }
+    removed += crate::history::packs::remove(cat, table_id, lo, hi, drop);
     let mut removed_links = Vec::new();
     let mut added = Vec::new();
     let dir = directory(cat, table_id);

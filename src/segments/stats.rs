@@ -1,5 +1,5 @@
 //! `driftdb.stats`: per table, how much history there is and where it lives — live rows,
-//! versions, events (recent and compacted), segments, snapshots, bytes raw and stored, the
+//! versions, events (recent — event rows and packs — and compacted), segments, snapshots, bytes raw and stored, the
 //! compression ratio, the oldest and newest seq and time, where history starts, the retention
 //! horizon and the last compaction. A view over driftdb's own tables (readable by those the
 //! table owner or a superuser grants it to, like `driftdb.transactions`).
@@ -38,7 +38,21 @@ SELECT t.relid AS table_name,
                sum(pg_catalog.octet_length(ev.frame)) FILTER (WHERE ev.op <> 'm') AS raw_bytes,
                sum(pg_catalog.pg_column_size(ev.*)) AS stored_bytes,
                min(ev.seq) AS oldest_seq, max(ev.seq) AS newest_seq
-          FROM driftdb.events ev WHERE ev.table_id = t.table_id) e ON true
+          FROM driftdb.events ev WHERE ev.table_id = t.table_id) e0 ON true
+  LEFT JOIN LATERAL (
+        SELECT sum(pk.nevents) AS events, sum(pk.nversions) AS versions,
+               sum(pg_catalog.octet_length(pk.data)) AS raw_bytes,
+               sum(pg_catalog.pg_column_size(pk.*)) AS stored_bytes,
+               min(pk.seq) AS oldest_seq, max(pk.seq) AS newest_seq
+          FROM driftdb.packs pk WHERE pk.table_id = t.table_id) p ON true
+  -- recent events: event rows and packs
+  CROSS JOIN LATERAL (
+        SELECT COALESCE(e0.events, 0) + COALESCE(p.events, 0) AS events,
+               COALESCE(e0.versions, 0) + COALESCE(p.versions, 0) AS versions,
+               COALESCE(e0.raw_bytes, 0) + COALESCE(p.raw_bytes, 0) AS raw_bytes,
+               COALESCE(e0.stored_bytes, 0) + COALESCE(p.stored_bytes, 0) AS stored_bytes,
+               LEAST(e0.oldest_seq, p.oldest_seq) AS oldest_seq,
+               GREATEST(e0.newest_seq, p.newest_seq) AS newest_seq) e
   LEFT JOIN LATERAL (
         SELECT count(*) FILTER (WHERE sg.kind = 's') AS segments,
                sum(sg.nevents - sg.nmarkers) AS events, sum(sg.nversions) AS versions,

@@ -18,6 +18,7 @@ use pgrx::prelude::*;
 
 use crate::error::DriftError;
 use crate::history::catalog::{self, Catalog, Order};
+use crate::history::packs;
 
 /// A table's row in `driftdb.tables`.
 #[derive(Clone, Debug)]
@@ -258,6 +259,19 @@ fn key_rows_desc<T>(
 ) {
     let mut oldest: Option<(i64, i32)> = None;
     let mut go = true;
+    // packed events of the key (bulk transactions), merged in newest first
+    let mut packed = packs::KeyCursor::new(table_id, key, hi);
+    let mut emit_packed = |floor: i64, oldest: &mut Option<(i64, i32)>, f: &mut dyn FnMut(i64, u8, T) -> bool| -> bool {
+        while let Some((seq, entries)) = packed.take_above(cat, floor) {
+            for (ord, op, frame) in entries {
+                *oldest = Some(oldest.map_or((seq, ord), |o| o.min((seq, ord))));
+                if !f(seq, op, decode(&frame, seq)) {
+                    return false;
+                }
+            }
+        }
+        true
+    };
     // SAFETY: catalog-style read of driftdb.events through events_key; the key datum is a
     // bytea built in the current context.
     unsafe {
@@ -270,6 +284,10 @@ fn key_rows_desc<T>(
         ];
         catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
             let (seq, op, frame) = event_cols(tup, rel);
+            if !emit_packed(seq, &mut oldest, &mut f) {
+                go = false;
+                return false;
+            }
             // events of one seq come in no particular order: remember the least (seq, ord)
             let this = (seq, catalog::attr(tup, rel, 3).map_or(0, |d| d.value() as i32));
             oldest = Some(oldest.map_or(this, |o| o.min(this)));
@@ -277,7 +295,7 @@ fn key_rows_desc<T>(
             go
         });
     }
-    if !go {
+    if !go || !emit_packed(i64::MIN, &mut oldest, &mut f) {
         return;
     }
     crate::segments::key_entries(cat, table_id, key, hi, |seq, ord, op, frame| {
@@ -357,6 +375,7 @@ pub fn key_range_newest(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_s
         pg_sys::index_close(idx, pg_sys::NoLock as i32);
         pg_sys::table_close(heap, pg_sys::NoLock as i32);
     }
+    packs::range(cat, table_id, lo, hi, hi_seq, &mut f);
     crate::segments::range_newest(cat, table_id, lo, hi, hi_seq, |e| f(&e.key, e.seq, e.op, &e.frame));
 }
 
