@@ -126,8 +126,10 @@ impl PackBuilder {
         Ok(if self.body.len() >= self.target { self.take() } else { None })
     }
 
-    /// The last, partial pack (if any entries are left).
+    /// The last, partial pack (if any entries are left); the builder then starts a new
+    /// sequence (of another table or transaction), in which keys start over.
     pub fn finish(&mut self) -> Option<BuiltPack> {
+        self.last = None;
         self.take()
     }
 
@@ -344,6 +346,16 @@ mod tests {
         let mut lie = p.data.clone();
         lie[4..8].copy_from_slice(&100_000u32.to_le_bytes());
         assert_eq!(Pack::parse(&lie).err(), Some(PackError::Truncated("offset table")));
+    }
+
+    #[test]
+    fn finish_starts_a_new_sequence() {
+        let mut b = PackBuilder::new(usize::MAX);
+        b.push(PackEntry { ord: 2, op: b'i', key: b"m", frame: b"f" }).unwrap();
+        assert_eq!(b.finish().unwrap().count, 1);
+        // another table's events: keys start over
+        b.push(PackEntry { ord: 4, op: b'i', key: b"a", frame: b"f" }).unwrap();
+        assert_eq!(b.finish().unwrap().key_lo, b"a".to_vec());
     }
 
     #[test]

@@ -384,7 +384,12 @@ unsafe fn table_events(
             out.push(&e, keys);
         }
     }
-    if ident != Identity::None && keys_repeat(out, first) {
+    // Under a unique key (primary key or REPLICA IDENTITY USING INDEX, both NOT NULL), rows
+    // inserted or updated in place are live at commit — deferred uniqueness checks have run by
+    // now — so their keys are distinct and no set of keys is needed to know it (a bulk load's
+    // commit would otherwise hash every key once).
+    let distinct = matches!(ident, Identity::Key(_)) && out.items[first..].iter().all(|it| it.old_key.is_none() && matches!(it.op, Op::Insert | Op::Update));
+    if ident != Identity::None && !distinct && keys_repeat(out, first) {
         out.truncate(first);
         let mut events: Vec<Event> =
             tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(rel, &ident, orig, cur, scratch)).collect();

@@ -1,5 +1,5 @@
 //! Event packs (`driftdb.packs`): the row events of a bulk transaction, a few kilobytes at a
-//! time (decision record D19 in docs/architecture.md; format: `driftdb_core::pack`).
+//! time (decision record D17 in docs/architecture.md; format: `driftdb_core::pack`).
 //!
 //! A transaction that changes at least `driftdb.pack_min_events` rows of one table (and changes
 //! no row's key) stores that table's row events here instead of one `driftdb.events` row each:

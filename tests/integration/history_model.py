@@ -120,15 +120,53 @@ def seqs(conn: psycopg.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT seq FROM driftdb.commits ORDER BY seq")]
 
 
+def unpack(data: bytes) -> list[tuple]:
+    """The entries (ord, op, key, frame) of one event pack (``driftdb.packs.data``), decoded
+    here from the documented layout (docs/architecture.md, "Event packs"), independently of
+    driftdb's own reader: magic "DP", version 1, count, CRC-32 over the rest, offsets, then per
+    entry ord i32, op u8, key length u16, key, frame length u32, frame (little-endian)."""
+    import struct
+    import zlib
+
+    assert data[:3] == b"DP\x01", data[:3]
+    n, crc = struct.unpack_from("<II", data, 4)
+    assert zlib.crc32(data[12:]) == crc, "pack CRC"
+    body = 12 + 4 * n
+    out = []
+    for i in range(n):
+        (off,) = struct.unpack_from("<I", data, 12 + 4 * i)
+        p = body + off
+        ord_, op, klen = struct.unpack_from("<iBH", data, p)
+        p += 7
+        key = bytes(data[p:p + klen])
+        p += klen
+        (flen,) = struct.unpack_from("<I", data, p)
+        p += 4
+        out.append((ord_, chr(op), key, bytes(data[p:p + flen])))
+    keys = [(k, o) for o, _, k, _ in out]
+    assert keys == sorted(keys), "pack entries sorted by (key, ord)"
+    return out
+
+
 def events(conn: psycopg.Connection, table: str, after_seq: int = 0) -> list[tuple]:
-    """(seq, ord, op, key bytes or None) of every event of ``table`` after ``after_seq``."""
+    """(seq, ord, op, key bytes or None) of every recent event of ``table`` after ``after_seq``:
+    the rows of driftdb.events and the entries of driftdb.packs (bulk transactions)."""
     rows = conn.execute(
         "SELECT e.seq, e.ord, e.op::text, e.key FROM driftdb.events e "
         "JOIN driftdb.tables t ON t.table_id = e.table_id "
         "WHERE t.relid = %s::regclass AND e.seq > %s ORDER BY e.seq, e.ord",
         (table, after_seq),
     ).fetchall()
-    return [(s, o, op, bytes(k) if k is not None else None) for s, o, op, k in rows]
+    out = [(s, o, op, bytes(k) if k is not None else None) for s, o, op, k in rows]
+    packs = conn.execute(
+        "SELECT p.seq, p.data FROM driftdb.packs p JOIN driftdb.tables t ON t.table_id = p.table_id "
+        "WHERE t.relid = %s::regclass AND p.seq > %s",
+        (table, after_seq),
+    ).fetchall()
+    for s, data in packs:
+        out.extend((s, o, op, k) for o, op, k, _f in unpack(bytes(data)))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
 
 
 def events_by_seq(conn: psycopg.Connection, table: str, after_seq: int = 0) -> dict[int, list[tuple]]:
@@ -159,12 +197,17 @@ def ops_by_seq(conn: psycopg.Connection, table: str, after_seq: int = 0,
 
 
 def event_count(conn: psycopg.Connection, table: str | None = None) -> int:
+    """Recent events (rows of driftdb.events plus packed events) of one table or of all."""
     if table is None:
-        return conn.execute("SELECT count(*) FROM driftdb.events").fetchone()[0]
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM driftdb.events) + (SELECT COALESCE(sum(nevents), 0) FROM driftdb.packs)"
+        ).fetchone()[0]
     return conn.execute(
-        "SELECT count(*) FROM driftdb.events e JOIN driftdb.tables t USING (table_id) "
-        "WHERE t.relid = %s::regclass",
-        (table,),
+        "SELECT (SELECT count(*) FROM driftdb.events e JOIN driftdb.tables t USING (table_id) "
+        "        WHERE t.relid = %s::regclass) + "
+        "       (SELECT COALESCE(sum(nevents), 0) FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) "
+        "        WHERE t.relid = %s::regclass)",
+        (table, table),
     ).fetchone()[0]
 
 
@@ -467,16 +510,11 @@ def check_workload(conn: psycopg.Connection, tables: list[str], records: list,
             assert r.xid not in by_xid, f"aborted transaction in history: {r}"
 
     # events: exactly the expected ops of each recorded transaction
-    rows = conn.execute(
-        "SELECT e.seq, t.relid::text, e.op::text, e.key FROM driftdb.events e "
-        "JOIN driftdb.tables t ON t.table_id = e.table_id "
-        "WHERE t.relid::text = ANY(%s) AND e.seq > %s ORDER BY e.seq, e.ord",
-        (tables, after_seq),
-    ).fetchall()
+    rows = [(s, t, op, k) for t in tables for s, _o, op, k in events(conn, t, after_seq)]
     ev: dict = {}
     for s, t, op, k in rows:
         d = ev.setdefault(s, {})
-        tk = (t, bytes(k) if k is not None else None)
+        tk = (t, k)
         assert tk not in d, f"two events for {tk} in seq {s}"
         d[tk] = op
     seqs_recorded = {x["seq"] for x in recorded}

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from conftest import PGBIN, create_database, drop_database
-from history_model import assert_verified, current_seq, mp_key, verify_rows
+from history_model import assert_verified, current_seq, event_count, events, mp_key, verify_rows
 from tt_model import (
     B_TEXTS,
     Mismatches,
@@ -125,10 +125,8 @@ def records(conn, table: str, kind: str) -> list[dict]:
 
 
 def event_ops(conn, table: str) -> list[tuple]:
-    """(seq, ord, op, has key) of the table's rows in driftdb.events."""
-    return conn.execute(
-        "SELECT e.seq, e.ord, e.op::text, e.key IS NOT NULL FROM driftdb.events e JOIN driftdb.tables t "
-        "USING (table_id) WHERE t.relid = %s::regclass ORDER BY 1, 2", (table,)).fetchall()
+    """(seq, ord, op, has key) of the table's recent events (driftdb.events rows and packs)."""
+    return [(s, o, op, k is not None) for s, o, op, k in events(conn, table)]
 
 
 def table_id(conn, table: str) -> int:
@@ -880,7 +878,7 @@ def _check_big(c, table: str, exp: dict, total_events: int, what: str) -> str:
         got = c.execute(f"SELECT count(*), sum(v) FROM driftdb.as_of(NULL::{table}, %s::bigint)", (n,)).fetchone()
         assert tuple(got) == want, f"{what}: {table} as of seq {n}: (count, sum) {tuple(got)}, expected {want}"
     tid = table_id(c, table)
-    in_events = c.execute("SELECT count(*) FROM driftdb.events WHERE table_id = %s", (tid,)).fetchone()[0]
+    in_events = event_count(c, table)
     nseg, in_segs = c.execute(
         "SELECT count(*), coalesce(sum(nevents), 0) FROM driftdb.segments WHERE table_id = %s", (tid,)).fetchone()
     upto = c.execute("SELECT compacted_upto FROM driftdb.tables WHERE table_id = %s", (tid,)).fetchone()[0]
@@ -903,7 +901,7 @@ def test_crash_mid_compaction_is_all_or_nothing(cluster_factory):
         seqs = [commit_tx(c, f"INSERT INTO big SELECT g, g, 'pad' || g FROM generate_series(1, {BIG_ROWS}) g")[0]]
         for j in range(1, BIG_UPDATES + 1):
             seqs.append(commit_tx(c, f"UPDATE big SET v = v + {j}")[0])
-        total = c.execute("SELECT count(*) FROM driftdb.events").fetchone()[0]
+        total = event_count(c)
         assert total == BIG_ROWS * (BIG_UPDATES + 1)
     exp = _big_expected(seqs)
 
@@ -1451,9 +1449,8 @@ def test_maintain_compacts_and_terminates(db):
 
 
 def _key_events(conn, table: str, key: bytes) -> list:
-    return conn.execute(
-        "SELECT e.seq FROM driftdb.events e JOIN driftdb.tables t USING (table_id) "
-        "WHERE t.relid = %s::regclass AND e.key = %s AND e.op <> 'm' ORDER BY 1", (table, key)).fetchall()
+    """(seq,) of the key's recent events (event rows and packs), markers left out."""
+    return sorted((s,) for s, _o, op, k in events(conn, table) if k == key and op != "m")
 
 
 def _mentions(conn, spec, ident: int) -> list:
@@ -1570,7 +1567,7 @@ def test_erase(db):
     assert rec["removed_links"] and all(old.get(i) == hx for i, hx in rec["removed_links"]), (rec, old)
     assert rec["digest_before"] == d_before[1] and rec["digest_after"] == digest(conn, "tt_a")[1] != d_before[1]
     assert rec["added_links"] == [l["seg_id"] for l in links(conn, "tt_a") if l["seg_id"] > max(old) and l["kind"] == "s"]
-    assert not conn.execute("SELECT count(*) FROM driftdb.events WHERE key = %s", (key5,)).fetchone()[0]
+    assert not [e for e in events(conn, "tt_a") if e[3] == key5]
     assert_chain_ok(conn, "tt_a")
     # a fresh session (no cached segments) sees the same
     c2 = db.connect()
