@@ -4,6 +4,8 @@
 #   2. pg_test   #[pg_test] in-backend tests (cargo pgrx test)
 #   3. regress   SQL golden files (cargo pgrx regress, tests/pg_regress/)
 #   4. pytest    integration tests against throwaway clusters (tests/integration/)
+#      pytest_packed  the history readers' tests again with driftdb.pack_min_events = 2, so
+#                     that nearly every multi-row transaction's history is stored as packs
 #   5. isolation PostgreSQL isolation specs for concurrency semantics (tests/isolation/)
 #   6. pgsuite   PostgreSQL's own regression suite, heap vs default_table_access_method=driftdb
 # Usage: scripts/test.sh [tier ...]   (default: all). Exits non-zero if any tier fails.
@@ -11,7 +13,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 set +e
 
-TIERS=("$@"); [ ${#TIERS[@]} -gt 0 ] || TIERS=(core pg_test regress pytest isolation pgsuite)
+TIERS=("$@"); [ ${#TIERS[@]} -gt 0 ] || TIERS=(core pg_test regress pytest pytest_packed isolation pgsuite)
 LIBDIR=$($PG_CONFIG --pkglibdir)
 RUNAS=$(server_user)
 PGRX_RUNAS=(); [ "$(id -u)" = 0 ] && PGRX_RUNAS=(--runas "$RUNAS")
@@ -34,6 +36,14 @@ tier_regress() {
   fi
 }
 tier_pytest()  { (cd "$ROOT" && "$VENV/bin/pytest" -q -p no:cacheprovider tests/integration); }
+PACKED_FILES=(test_time_travel_model test_time_travel_ranges test_time_travel_api test_segments
+              test_history_capture test_history_concurrency test_history_dump test_history_ddl)
+tier_pytest_packed() {
+  local files=() f
+  for f in "${PACKED_FILES[@]}"; do files+=("tests/integration/$f.py"); done
+  (cd "$ROOT" && DRIFTDB_EXTRA_CONF="driftdb.pack_min_events = 2" \
+     "$VENV/bin/pytest" -q -p no:cacheprovider "${files[@]}")
+}
 tier_isolation() {
   if [ -x "$ROOT/tests/isolation/run.sh" ]; then bash "$ROOT/tests/isolation/run.sh"; else echo "no isolation specs yet"; fi
 }
@@ -42,7 +52,7 @@ tier_pgsuite() { PGSUITE_REQUIRE_DRIFTDB=1 bash "$ROOT/tests/pg_suite/run.sh"; }
 passed=(); failed=()
 for t in "${TIERS[@]}"; do
   case "$t" in
-    pytest|isolation|pgsuite|regress)
+    pytest|pytest_packed|isolation|pgsuite|regress)
       # these run against the release build installed by build_and_install
       [ -n "${_INSTALLED:-}" ] || { build_and_install || exit 1; _INSTALLED=1; } ;;
     *) _INSTALLED= ;;
