@@ -171,6 +171,36 @@ fn overlapping(cat: &Catalog, table_id: i32, seq: i64, lo: &[u8], hi: &[u8], mut
     }
 }
 
+thread_local! {
+    /// Per (packs table OID, table id): a settled seq at or below which the table has no packs.
+    /// Packs at or below a settled seq never appear later (every transaction with such a seq has
+    /// ended; compaction and purges only remove or rewrite existing packs), so the fact, once
+    /// read, holds for good: key lookups at such bounds skip the probe of `driftdb.packs`.
+    static NONE_UPTO: std::cell::RefCell<std::collections::HashMap<(pg_sys::Oid, i32), i64>> = Default::default();
+}
+
+/// Whether the table is known to have no packs at or below settled seq `hi`.
+fn known_none(cat: &Catalog, table_id: i32, hi: i64) -> bool {
+    NONE_UPTO.with(|m| m.borrow().get(&(cat.packs, table_id)).is_some_and(|&upto| hi <= upto))
+}
+
+/// Probe whether the table has packs at or below settled seq `hi`: the newest such seq, and
+/// if there is none, remember it.
+fn newest_settled(cat: &Catalog, table_id: i32, hi: i64) -> Option<i64> {
+    if known_none(cat, table_id, hi) {
+        return None;
+    }
+    let s = newest_seq(cat, table_id, i64::MIN, hi);
+    if s.is_none() && hi < i64::MAX {
+        NONE_UPTO.with(|m| {
+            let mut m = m.borrow_mut();
+            let e = m.entry((cat.packs, table_id)).or_insert(hi);
+            *e = (*e).max(hi);
+        });
+    }
+    s
+}
+
 /// A key's packed events, newest transaction first, found lazily: `take_above(floor)` gives
 /// the newest not yet taken with seq > floor. Each bulk transaction costs one or two index
 /// descents, and only those newer than the caller's floor are looked at.
@@ -179,12 +209,15 @@ pub struct KeyCursor {
     key: Vec<u8>,
     /// Seqs above this have been searched.
     next_hi: i64,
+    /// Whether the table's newest pack seq at or below the (settled) bound was looked up.
+    probed: bool,
     hit: Option<(i64, Vec<(i32, u8, Vec<u8>)>)>,
 }
 
 impl KeyCursor {
+    /// The key's packed events with seq ≤ `hi`, a settled seq.
     pub fn new(table_id: i32, key: &[u8], hi: i64) -> KeyCursor {
-        KeyCursor { table_id, key: key.to_vec(), next_hi: hi, hit: None }
+        KeyCursor { table_id, key: key.to_vec(), next_hi: hi, probed: false, hit: None }
     }
 
     /// (seq, [(ord, op, frame)]) of the newest remaining transaction above `floor` with packed
@@ -196,6 +229,21 @@ impl KeyCursor {
             }
             if self.next_hi <= floor {
                 return None;
+            }
+            if !self.probed {
+                // most tables have no packs at all: one probe (or none, once known) settles it
+                self.probed = true;
+                match newest_settled(cat, self.table_id, self.next_hi) {
+                    None => {
+                        self.next_hi = i64::MIN;
+                        return None;
+                    }
+                    Some(s) if s <= floor => {
+                        self.next_hi = s;
+                        return None;
+                    }
+                    Some(_) => {}
+                }
             }
             let Some(s) = newest_seq(cat, self.table_id, floor, self.next_hi) else {
                 self.next_hi = floor;
@@ -216,9 +264,12 @@ impl KeyCursor {
     }
 }
 
-/// Packed events with `lo <= key <= hi` and `seq <= hi_seq`: `f(key, seq, op, frame)`, in no
-/// particular order.
+/// Packed events with `lo <= key <= hi` and `seq <= hi_seq` (a settled seq):
+/// `f(key, seq, op, frame)`, in no particular order.
 pub fn range(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mut f: impl FnMut(&[u8], i64, u8, &[u8])) {
+    if newest_settled(cat, table_id, hi_seq).is_none() {
+        return;
+    }
     for s in seqs(cat, table_id, i64::MIN, hi_seq, catalog::snapshot_self()) {
         overlapping(cat, table_id, s, lo, hi, |row| {
             let p = row.pack();
