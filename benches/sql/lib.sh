@@ -40,6 +40,9 @@ BENCH_CONF=(
   "log_checkpoints = on"
   "driftdb.maintenance_naptime = 0"   # no background compaction/snapshots inside a measurement
 )
+# Extra lines for an A/B of a setting, ';;'-separated, e.g.
+#   BENCH_EXTRA_CONF="driftdb.pack_min_events = 0" benches/sql/copy_1m.sh
+while IFS= read -r line; do [ -n "$line" ] && BENCH_CONF+=("$line"); done < <(printf '%s\n' "${BENCH_EXTRA_CONF:-}" | sed 's/;;/\n/g')
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
