@@ -230,24 +230,25 @@ impl KeyCursor {
             if self.next_hi <= floor {
                 return None;
             }
-            if !self.probed {
+            let first = !self.probed;
+            let found = if first {
                 // most tables have no packs at all: one probe (or none, once known) settles it
                 self.probed = true;
-                match newest_settled(cat, self.table_id, self.next_hi) {
-                    None => {
-                        self.next_hi = i64::MIN;
-                        return None;
-                    }
-                    Some(s) if s <= floor => {
-                        self.next_hi = s;
-                        return None;
-                    }
-                    Some(_) => {}
+                newest_settled(cat, self.table_id, self.next_hi)
+            } else {
+                newest_seq(cat, self.table_id, floor, self.next_hi)
+            };
+            let s = match found {
+                None => {
+                    // none at all below the bound (first probe), or none above the floor
+                    self.next_hi = if first { i64::MIN } else { floor.min(self.next_hi) };
+                    return None;
                 }
-            }
-            let Some(s) = newest_seq(cat, self.table_id, floor, self.next_hi) else {
-                self.next_hi = floor;
-                return None;
+                Some(s) if s <= floor => {
+                    self.next_hi = s; // s itself is still to be looked at
+                    return None;
+                }
+                Some(s) => s,
             };
             self.next_hi = s - 1;
             let mut entries = Vec::new();

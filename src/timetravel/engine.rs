@@ -262,7 +262,7 @@ impl Source {
         // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
         // wrote an image is the key's state after that transaction.
         let mut found: Option<(i64, Option<Row>)> = None;
-        reader::key_images_desc(&self.cat, info.table_id, &k, seq, |s, op, (_, new)| {
+        reader::key_images_newest(&self.cat, info.table_id, &k, seq, |s, op, (_, new)| {
             match &mut found {
                 Some((at, _)) if *at != s => return false,
                 Some((_, row)) => {

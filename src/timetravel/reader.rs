@@ -236,13 +236,20 @@ pub fn events_between(cat: &Catalog, table_id: i32, lo: i64, hi: i64, mut f: imp
 /// table (`events_key`), older ones from the compacted segments — read after the events table,
 /// so that a compaction committing in between shows its events there.
 pub fn key_events_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, f: impl FnMut(i64, u8, Event) -> bool) {
-    key_rows_desc(cat, table_id, key, hi, decode, f)
+    key_rows_desc(cat, table_id, key, hi, false, decode, f)
 }
 
 /// As `key_events_desc`, but each event read only for its commit time and new image (None
 /// for a delete or a marker): what key lookups and the versions of a key need.
 pub fn key_images_desc(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, f: impl FnMut(i64, u8, (i64, Option<Row>)) -> bool) {
-    key_rows_desc(cat, table_id, key, hi, decode_image, f)
+    key_rows_desc(cat, table_id, key, hi, false, decode_image, f)
+}
+
+/// As `key_images_desc`, but only the events of the key's newest seq at or below `hi` (what
+/// an AS OF key lookup needs): the read stops before looking for an older one, which for a
+/// packed key would cost another pack.
+pub fn key_images_newest(cat: &Catalog, table_id: i32, key: &[u8], hi: i64, f: impl FnMut(i64, u8, (i64, Option<Row>)) -> bool) {
+    key_rows_desc(cat, table_id, key, hi, true, decode_image, f)
 }
 
 pub fn decode_image(frame: &[u8], seq: i64) -> (i64, Option<Row>) {
@@ -254,6 +261,7 @@ fn key_rows_desc<T>(
     table_id: i32,
     key: &[u8],
     hi: i64,
+    newest_only: bool,
     decode: impl Fn(&[u8], i64) -> T,
     mut f: impl FnMut(i64, u8, T) -> bool,
 ) {
@@ -262,12 +270,16 @@ fn key_rows_desc<T>(
     // packed events of the key (bulk transactions), merged in newest first
     let mut packed = packs::KeyCursor::new(table_id, key, hi);
     let mut emit_packed = |floor: i64, oldest: &mut Option<(i64, i32)>, f: &mut dyn FnMut(i64, u8, T) -> bool| -> bool {
-        while let Some((seq, entries)) = packed.take_above(cat, floor) {
+        // with newest_only, once anything was emitted no older pack is looked for
+        while let Some((seq, entries)) = if newest_only && oldest.is_some() { None } else { packed.take_above(cat, floor) } {
             for (ord, op, frame) in entries {
                 *oldest = Some(oldest.map_or((seq, ord), |o| o.min((seq, ord))));
                 if !f(seq, op, decode(&frame, seq)) {
                     return false;
                 }
+            }
+            if newest_only {
+                return false; // a packed seq is newer than anything left: it is the newest
             }
         }
         true
@@ -284,6 +296,10 @@ fn key_rows_desc<T>(
         ];
         catalog::scan(cat.events, cat.events_key, &keys, catalog::snapshot_self(), Order::Backward, pg_sys::AccessShareLock, |tup, rel| {
             let (seq, op, frame) = event_cols(tup, rel);
+            if newest_only && oldest.is_some_and(|(s, _)| s != seq) {
+                go = false; // the newest seq's events are all out
+                return false;
+            }
             if !emit_packed(seq, &mut oldest, &mut f) {
                 go = false;
                 return false;
@@ -295,7 +311,7 @@ fn key_rows_desc<T>(
             go
         });
     }
-    if !go || !emit_packed(i64::MIN, &mut oldest, &mut f) {
+    if !go || (newest_only && oldest.is_some()) || !emit_packed(i64::MIN, &mut oldest, &mut f) {
         return;
     }
     crate::segments::key_entries(cat, table_id, key, hi, |seq, ord, op, frame| {
