@@ -90,7 +90,7 @@ bench_cluster_start() {
 # would otherwise fail runs ("could not access file \"driftdb\"") or mix builds. The copy is
 # byte-identical to what is installed; we wait for an install in progress to finish first.
 snapshot_driftdb_so() {
-  local dir=$1 so; so="$("$PGBIN/pg_config" --pkglibdir)/driftdb.so"
+  local dir=$1 so; so=${BENCH_DRIFTDB_SO:-"$("$PGBIN/pg_config" --pkglibdir)/driftdb.so"}
   local i s1 s2
   for i in $(seq 1 60); do   # settled = exists, unchanged for 3 s, a valid ELF file
     s1=$(stat -c %Y "$so" 2>/dev/null || echo 0)
