@@ -233,27 +233,15 @@ impl<'a> Pack<'a> {
 
     /// The entries whose key is `key` (in ord order), found by binary search.
     pub fn find(&self, key: &[u8]) -> impl Iterator<Item = PackEntry<'a>> + '_ {
-        let key_at = |i: usize| self.entry(i).expect("checked by parse").key;
-        let (mut lo, mut hi) = (0usize, self.n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if key_at(mid) < key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let owned = key.to_vec();
-        (lo..self.n).map(|i| self.entry(i).expect("checked by parse")).take_while(move |e| e.key == owned.as_slice())
+        self.range(key, key)
     }
 
-    /// The entries with `lo <= key <= hi`, in (key, ord) order.
+    /// The entries with `lo <= key <= hi`, in (key, ord) order, found by binary search.
     pub fn range(&self, lo: &[u8], hi: &[u8]) -> impl Iterator<Item = PackEntry<'a>> + '_ {
-        let key_at = |i: usize| self.entry(i).expect("checked by parse").key;
         let (mut a, mut b) = (0usize, self.n);
         while a < b {
             let mid = a + (b - a) / 2;
-            if key_at(mid) < lo {
+            if self.entry(mid).expect("checked by parse").key < lo {
                 a = mid + 1;
             } else {
                 b = mid;

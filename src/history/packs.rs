@@ -62,6 +62,11 @@ impl PackRow {
     }
 }
 
+/// A bytea column's bytes, copied (empty if NULL).
+///
+/// # Safety
+/// `tup` must be a valid tuple of `rel`, column `n` a bytea; the detoasted copy is made in the
+/// current memory context.
 unsafe fn bytes_of(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, n: i32) -> Vec<u8> {
     catalog::attr(tup, rel, n).map_or_else(Vec::new, |d| {
         let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
@@ -70,6 +75,9 @@ unsafe fn bytes_of(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, n: i32) -> Vec
 }
 
 /// Columns: table_id 1, seq 2, ord 3, nevents 4, nversions 5, key_lo 6, key_hi 7, data 8.
+///
+/// # Safety
+/// `tup` must be a valid `driftdb.packs` tuple of the open relation `rel`.
 unsafe fn row_of(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, with_data: bool) -> PackRow {
     PackRow {
         seq: catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64),
