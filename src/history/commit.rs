@@ -546,14 +546,16 @@ unsafe fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
     }
 }
 
-/// Which tables' (runs') row events go into packs: those with at least
-/// `driftdb.pack_min_events` of them, all keyed, none of which moved a row to another key
-/// (moved-key markers stay event rows). Their changes are put in key order, so that the ords
-/// numbered from that order ascend with the key (TRUNCATE and schema events stay first).
-fn choose_packs(pending: &mut Pending) -> Vec<bool> {
+/// Which tables' (runs') row events go into packs, and how many events that is: the tables
+/// with at least `driftdb.pack_min_events` of them, all keyed, none of which moved a row to
+/// another key (moved-key markers stay event rows). Their changes are put in key order, so that
+/// the ords numbered from that order ascend with the key (TRUNCATE and schema events stay first).
+fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
     let Pending { items, bytes, runs } = pending;
     let mut start = 0;
-    runs.iter()
+    let mut npacked = 0;
+    let packed = runs
+        .iter()
         .map(|&(_, end)| {
             let span = &mut items[start..end];
             start = end;
@@ -566,15 +568,11 @@ fn choose_packs(pending: &mut Pending) -> Vec<bool> {
                 (Some(x), Some(y)) => bytes[x.clone()].cmp(&bytes[y.clone()]),
                 (x, y) => x.is_some().cmp(&y.is_some()),
             });
+            npacked += keyed;
             true
         })
-        .collect()
-}
-
-/// Whether item `i` belongs to a packed table.
-fn packed_at(pending: &Pending, packed: &[bool], i: usize) -> bool {
-    let run = pending.runs.partition_point(|&(_, end)| end <= i);
-    packed.get(run).copied().unwrap_or(false)
+        .collect();
+    (packed, npacked)
 }
 
 /// Pre-commit: write this transaction's history.
@@ -639,8 +637,7 @@ unsafe fn flush() {
 
     // the rows go out in batches (heap_multi_insert, then their index entries); a bulk
     // table's row events go into packs instead (history/packs.rs)
-    let packed = choose_packs(&mut pending);
-    let npacked = pending.items.iter().enumerate().filter(|(i, it)| it.key.is_some() && packed_at(&pending, &packed, *i)).count();
+    let (packed, npacked) = choose_packs(&mut pending);
     let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key.is_some()).count();
     let mut w = BatchWriter::open(cat.events, rows);
     let mut pw: Option<PackWriter> = None;
