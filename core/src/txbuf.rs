@@ -141,6 +141,34 @@ impl HandleIndex {
         self.len += 1;
     }
 
+    /// The empty bucket where cur handle `h` would go, or None if `h` is indexed already: one
+    /// probe serves both the check and the insert (`fill`). Grows the table first if one more
+    /// entry would pass the load factor.
+    fn vacancy(&mut self, h: u64, ends: &[[u64; 2]]) -> Option<usize> {
+        if (self.len + 1) * 4 > self.buckets.len() * 3 {
+            self.grow(ends);
+        }
+        let mask = self.buckets.len() - 1;
+        let mut pos = self.home(h);
+        loop {
+            let e = self.buckets[pos];
+            if e == EMPTY {
+                return Some(pos);
+            }
+            if ends[e as usize][CUR] == h {
+                return None;
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// Puts lineage `idx` into the bucket `vacancy` returned (nothing changed in between).
+    fn fill(&mut self, pos: usize, idx: u32) {
+        debug_assert_eq!(self.buckets[pos], EMPTY);
+        self.buckets[pos] = idx;
+        self.len += 1;
+    }
+
     fn grow(&mut self, ends: &[[u64; 2]]) {
         let cap = (self.buckets.len() * 2).max(16);
         let old = std::mem::replace(&mut self.buckets, vec![EMPTY; cap]);
@@ -229,6 +257,23 @@ impl TableBuf {
         if k != 0 {
             self.live += 1;
         }
+    }
+
+    /// Pushes a new lineage (none, handle `h`) unless `h` is some lineage's cur handle already
+    /// (then nothing changes and the answer is false).
+    fn push_new(&mut self, h: u64) -> bool {
+        let Some(pos) = self.index.vacancy(h, &self.ends) else {
+            return false;
+        };
+        let idx = u32::try_from(self.ends.len())
+            .ok()
+            .filter(|&i| i != EMPTY)
+            .expect("more than 2^32-1 changed rows in one table in one transaction");
+        self.ends.push([0, h]);
+        self.kinds.push(with_kind(0, CUR, K_HANDLE));
+        self.index.fill(pos, idx);
+        self.live += 1;
+        true
     }
 
     /// Reverts the last `push`.
@@ -367,11 +412,9 @@ impl TxBuf {
     /// A new row version `h` was inserted into `rel`.
     pub fn insert(&mut self, rel: u32, h: u64) -> Result<(), TxBufError> {
         let t = self.table_or_create(rel);
-        let tb = &mut self.tables[t];
-        if tb.index.find(h, &tb.ends).is_some() {
+        if !self.tables[t].push_new(h) {
             return Err(TxBufError::HandleInUse { rel, handle: h });
         }
-        tb.push(None, Some(h));
         if self.logging() {
             self.undo.push(Undo::Push { t: t as u32 });
         }
