@@ -53,7 +53,8 @@ pub fn notes_end_sub(level: i32, committed: bool) {
 /// `rel` must be open, and locked by this transaction's earlier writes.
 pub unsafe fn resolve(rel: pg_sys::Relation) {
     let relid = (*rel).rd_id.to_u32();
-    TXBUF.with(|b| b.borrow_mut().resolve_rel(relid, |h| super::commit::fetch_row(rel, h)));
+    let mut versions = super::commit::VersionReader::new(rel);
+    TXBUF.with(|b| b.borrow_mut().resolve_rel(relid, |h| versions.read(h)));
 }
 
 /// Pack a heap TID into a handle: block number in the high bits, line pointer in the low 16.

@@ -263,27 +263,74 @@ fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) ->
 }
 
 /// Read a row version by TID, or take (a copy of) the image resolved earlier.
-unsafe fn materialize(rel: pg_sys::Relation, e: &Endpoint) -> Row {
+unsafe fn materialize(versions: &mut VersionReader, e: &Endpoint) -> Row {
     match e {
         Endpoint::Image(row) => row.clone(),
-        Endpoint::Handle(h) => fetch_row(rel, *h),
+        Endpoint::Handle(h) => versions.read(*h),
     }
 }
 
-/// Read the row version at handle `h` (a packed TID) of `rel`, whatever its visibility.
-///
-/// # Safety
-/// `rel` must be open; the version must still exist (this transaction wrote or deleted it).
-pub unsafe fn fetch_row(rel: pg_sys::Relation, h: u64) -> Row {
-    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-    tuple.t_self = unpack_tid(h);
-    let mut buf: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
-    let snapshot = std::ptr::addr_of_mut!(pg_sys::SnapshotAnyData);
-    if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buf, true) {
-        if buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
-            pg_sys::ReleaseBuffer(buf);
+/// Reads the row versions this transaction wrote or deleted in one relation, by TID, whatever
+/// their visibility (as `heap_fetch` with SnapshotAny would). The last page read stays pinned:
+/// a bulk transaction's versions come in TID order, dozens to a page, and an UPDATE's two
+/// versions usually share one (HOT), so most reads skip the buffer lookup and pin.
+pub struct VersionReader {
+    rel: pg_sys::Relation,
+    buf: pg_sys::Buffer,
+    block: pg_sys::BlockNumber,
+}
+
+impl VersionReader {
+    /// `rel` must be open for as long as the reader is used.
+    pub fn new(rel: pg_sys::Relation) -> VersionReader {
+        VersionReader { rel, buf: pg_sys::InvalidBuffer as pg_sys::Buffer, block: pg_sys::InvalidBlockNumber }
+    }
+
+    /// # Safety
+    /// `rel` must be open; the version at `h` must still exist (this transaction wrote or
+    /// deleted it, so no prune can have removed it).
+    pub unsafe fn read(&mut self, h: u64) -> Row {
+        let rel = self.rel;
+        let tid = unpack_tid(h);
+        let block = (h >> 16) as pg_sys::BlockNumber;
+        let offset = (h & 0xffff) as pg_sys::OffsetNumber;
+        if self.buf == pg_sys::InvalidBuffer as pg_sys::Buffer || self.block != block {
+            self.release();
+            self.buf = pg_sys::ReadBuffer(rel, block);
+            self.block = block;
         }
-        let name = pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string();
+        // The pin keeps the page's tuples in place (moving them, by pruning, takes a cleanup
+        // lock, which waits for every pin); the share lock is for the line pointer array, as
+        // heap_fetch holds it.
+        pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let page = pg_sys::BufferGetPage(self.buf);
+        let found = offset >= pg_sys::FirstOffsetNumber as u16 && offset <= pg_sys::PageGetMaxOffsetNumber(page);
+        let item = if found { pg_sys::PageGetItemId(page, offset) } else { std::ptr::null_mut() };
+        if item.is_null() || (*item).lp_flags() != pg_sys::LP_NORMAL {
+            pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            self.gone(h);
+        }
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_data = pg_sys::PageGetItem(page, item) as pg_sys::HeapTupleHeader;
+        tuple.t_len = (*item).lp_len();
+        tuple.t_self = tid;
+        tuple.t_tableOid = (*rel).rd_id;
+        pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        // decoded under the pin alone, as a scan reads a page's visible tuples
+        codec::row_from_heap_tuple((*rel).rd_att, &mut tuple)
+    }
+
+    fn release(&mut self) {
+        if self.buf != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            // SAFETY: our own pin, taken in read and released once
+            unsafe { pg_sys::ReleaseBuffer(self.buf) };
+            self.buf = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        }
+    }
+
+    unsafe fn gone(&mut self, h: u64) -> ! {
+        self.release();
+        let name = pgrx::name_data_to_str(&(*(*self.rel).rd_rel).relname).to_string();
         DriftError::new(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             format!("driftdb: a row version of \"{name}\" changed by this transaction is gone (TID {h:#x})"),
@@ -291,10 +338,15 @@ pub unsafe fn fetch_row(rel: pg_sys::Relation, h: u64) -> Row {
         .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
         .raise();
     }
-    // heap_fetch left the buffer pinned: the tuple's bytes stay put while we encode them
-    let row = codec::row_from_heap_tuple((*rel).rd_att, &mut tuple);
-    pg_sys::ReleaseBuffer(buf);
-    row
+}
+
+impl Drop for VersionReader {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // an ERROR unwinding: the transaction's abort releases the pin
+        }
+        self.release();
+    }
 }
 
 fn key_of(ident: &Identity, row: &Row) -> Option<Vec<Value>> {
@@ -317,13 +369,13 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
 
 /// The event of one lineage, None if it nets to nothing.
 unsafe fn lineage_event(
-    rel: pg_sys::Relation,
+    versions: &mut VersionReader,
     ident: &Identity,
     orig: &Option<Endpoint>,
     cur: &Option<Endpoint>,
     scratch: &mut PgMemoryContexts,
 ) -> Option<Event> {
-    let (old, new) = scratch.switch_to(|_| (orig.as_ref().map(|e| materialize(rel, e)), cur.as_ref().map(|e| materialize(rel, e))));
+    let (old, new) = scratch.switch_to(|_| (orig.as_ref().map(|e| materialize(versions, e)), cur.as_ref().map(|e| materialize(versions, e))));
     scratch.reset();
     Some(match (old, new) {
         (None, Some(new)) => event(Op::Insert, key_of(ident, &new), None, Some(new)),
@@ -370,6 +422,7 @@ unsafe fn table_events(
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
     let ident = identity::of(rel);
+    let mut versions = VersionReader::new(rel);
     if tc.truncated {
         out.push(&event(Op::Truncate, None, None, None), EventKeys::default());
     }
@@ -379,7 +432,7 @@ unsafe fn table_events(
     let first = out.items.len();
     out.items.reserve(tc.lineages.len());
     for (orig, cur) in &tc.lineages {
-        if let Some(e) = lineage_event(rel, &ident, orig, cur, scratch) {
+        if let Some(e) = lineage_event(&mut versions, &ident, orig, cur, scratch) {
             let keys = EventKeys::of(&e);
             out.push(&e, keys);
         }
@@ -392,13 +445,14 @@ unsafe fn table_events(
     if ident != Identity::None && !distinct && keys_repeat(out, first) {
         out.truncate(first);
         let mut events: Vec<Event> =
-            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(rel, &ident, orig, cur, scratch)).collect();
+            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(&mut versions, &ident, orig, cur, scratch)).collect();
         let mut keys: Vec<EventKeys> = events.iter().map(EventKeys::of).collect();
         fold_keyed(&mut events, &mut keys, 0);
         for (e, k) in events.iter().zip(keys) {
             out.push(e, k);
         }
     }
+    drop(versions);
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     if out.items.len() > start {
         out.runs.push((relid, out.items.len()));
