@@ -8,14 +8,15 @@
 //! CRC-protected block format of snapshots), `segment` (compacted event segments in that
 //! block format, and the SHA-256 hash chain), `pack` (a bulk transaction's row events of one
 //! table, key-sorted, in one value), `txbuf` (the per-transaction change buffer the
-//! extension fills from its write callbacks) and `net` (folding a transaction's changes to
-//! one net change per row).
+//! extension fills from its write callbacks), `net` (folding a transaction's changes to
+//! one net change per row) and `numeric` (PostgreSQL numerics' stored form to text).
 
 #![forbid(unsafe_code)]
 
 pub mod event;
 pub mod frame;
 pub mod net;
+pub mod numeric;
 pub mod pack;
 pub mod replay;
 pub mod row;

@@ -11,11 +11,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
+use std::hash::BuildHasherDefault;
 
+use driftdb_core::net::FxHasher;
 use driftdb_core::{Row, Value};
 use pgrx::pg_sys;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Kind {
     Bool,
     Int2,
@@ -43,15 +45,17 @@ enum Kind {
 }
 
 thread_local! {
-    static TYPE_CACHE: RefCell<HashMap<pg_sys::Oid, Kind>> = RefCell::new(HashMap::new());
+    // looked up once per encoded datum (a bulk load's commit does it millions of times): a
+    // cheap hash of the OID, and Kind is Copy
+    static TYPE_CACHE: RefCell<HashMap<pg_sys::Oid, Kind, BuildHasherDefault<FxHasher>>> = RefCell::new(HashMap::default());
 }
 
 fn kind_of(typid: pg_sys::Oid) -> Kind {
-    if let Some(k) = TYPE_CACHE.with(|c| c.borrow().get(&typid).cloned()) {
+    if let Some(k) = TYPE_CACHE.with(|c| c.borrow().get(&typid).copied()) {
         return k;
     }
     let k = compute_kind(typid);
-    TYPE_CACHE.with(|c| c.borrow_mut().insert(typid, k.clone()));
+    TYPE_CACHE.with(|c| c.borrow_mut().insert(typid, k));
     k
 }
 
@@ -144,11 +148,15 @@ pub unsafe fn datum_to_value(d: pg_sys::Datum, typid: pg_sys::Oid) -> Value {
         Kind::Text => Value::Text(server_text(varlena_bytes(d))),
         Kind::Name => Value::Text(server_text(CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())),
         Kind::Bytea => Value::Bytes(varlena_bytes(d).to_vec()),
-        Kind::Numeric => {
-            let out = pgrx::direct_function_call_as_datum(pg_sys::numeric_out, &[Some(d)])
-                .expect("numeric_out returned NULL");
-            Value::Numeric(cstring(out.cast_mut_ptr()))
-        }
+        Kind::Numeric => match driftdb_core::numeric::numeric_text(varlena_bytes(d)) {
+            Some(text) => Value::Numeric(text),
+            None => {
+                // not a form the core knows (none exists today): the server's own text
+                let out = pgrx::direct_function_call_as_datum(pg_sys::numeric_out, &[Some(d)])
+                    .expect("numeric_out returned NULL");
+                Value::Numeric(cstring(out.cast_mut_ptr()))
+            }
+        },
         Kind::Date => Value::Date(d.value() as i32),
         Kind::Time => Value::Time(d.value() as i64),
         Kind::TimeTz => {
@@ -320,6 +328,36 @@ mod tests {
         let mut u = [0u8; 16];
         u[15] = 1;
         assert_eq!(encode("'00000000-0000-0000-0000-000000000001'::uuid"), Value::Uuid(u));
+    }
+
+    /// The codec prints numerics from their stored digits (driftdb_core::numeric): the text
+    /// must be numeric_out's, for short and long stored forms, every scale and the specials.
+    #[pg_test]
+    fn numeric_text_is_numeric_out() {
+        let q = "WITH v(x) AS (
+                   SELECT unnest('{0,-0,1,-1,0.0001,-0.0001,10000,9999.9999,100000000,0.1,
+                                   12.3400,-12.34,1e100,-1e-100,1e-1000,123456789012345678901234567890.123456789,
+                                   NaN,Infinity,-Infinity}'::numeric[])
+                   UNION ALL SELECT 12.5::numeric(10,4)
+                   UNION ALL SELECT (2::numeric ^ 200)
+                   UNION ALL SELECT round(((g * 7919) % 100003 - 50000) * 10::numeric ^ (g % 61 - 30), g % 70)
+                     FROM generate_series(1, 5000) g
+                   UNION ALL SELECT trunc(1 / g::numeric, g % 100) FROM generate_series(1, 500) g)
+                 SELECT x, x::text FROM v";
+        let n = Spi::connect(|client| {
+            let mut n = 0;
+            let mut table = client.select(q, None, &[]).unwrap();
+            while table.next().is_some() {
+                let d: pg_sys::Datum = table.get_datum_by_ordinal(1).unwrap().expect("not null");
+                let text: String = table.get(2).unwrap().unwrap();
+                // SAFETY: a numeric datum from SPI, alive for this row
+                let bytes = unsafe { super::varlena_bytes(d) };
+                assert_eq!(driftdb_core::numeric::numeric_text(bytes).as_deref(), Some(text.as_str()), "numeric {text}");
+                n += 1;
+            }
+            n
+        });
+        assert_eq!(n, 5521);
     }
 
     #[pg_test]
