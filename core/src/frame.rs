@@ -98,14 +98,29 @@ pub fn encode_frame_into(event: &Event, buf: &mut Vec<u8>) {
 /// and keeps only these bytes.
 pub fn encode_event_tail(event: &Event, buf: &mut Vec<u8>) {
     // An `Event` serializes as a 9-element array of its fields in declaration order (event.rs);
-    // each field as an element is the same bytes as the field serialized on its own.
-    let mut ser = rmp_serde::Serializer::new(buf);
-    let ok = serde::Serialize::serialize(&event.key, &mut ser)
-        .and_then(|_| serde::Serialize::serialize(&event.old_key, &mut ser))
-        .and_then(|_| serde::Serialize::serialize(&event.old, &mut ser))
-        .and_then(|_| serde::Serialize::serialize(&event.new, &mut ser))
-        .and_then(|_| serde::Serialize::serialize(&event.schema, &mut ser));
-    ok.expect("event serialization is infallible");
+    // each field as an element is the same bytes as the field serialized on its own. Keys and
+    // rows are written directly (`write_msgpack`, the same bytes as serde's); schema changes
+    // are rare and go through serde.
+    let nil = |buf: &mut Vec<u8>| rmp::encode::write_nil(buf).unwrap();
+    for key in [&event.key, &event.old_key] {
+        match key {
+            Some(k) => crate::value::write_values(k, buf),
+            None => nil(buf),
+        }
+    }
+    for row in [&event.old, &event.new] {
+        match row {
+            Some(r) => r.write_msgpack(buf),
+            None => nil(buf),
+        }
+    }
+    match &event.schema {
+        Some(schema) => {
+            let mut ser = rmp_serde::Serializer::new(buf);
+            serde::Serialize::serialize(schema, &mut ser).expect("schema serialization is infallible");
+        }
+        None => nil(buf),
+    }
 }
 
 /// The frame of an event given its commit fields and the tail `encode_event_tail` made of
@@ -219,13 +234,15 @@ pub fn decode_frame(frame: &[u8]) -> Result<Event, FrameError> {
 /// Usable as a bytea/btree key for equality lookups and as a hash-map key. The encoding is a
 /// MessagePack array of values (smallest int forms, NaNs rewritten to one bit pattern).
 pub fn encode_key(key: &[Value]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(16);
     if key.iter().any(Value::has_noncanonical_nan) {
         let mut owned = key.to_vec();
         owned.iter_mut().for_each(Value::canonicalize);
-        rmp_serde::to_vec(&owned).expect("key serialization is infallible")
+        crate::value::write_values(&owned, &mut buf);
     } else {
-        rmp_serde::to_vec(key).expect("key serialization is infallible")
+        crate::value::write_values(key, &mut buf);
     }
+    buf
 }
 
 /// Byte ranges (inclusive) of `encode_key` images that together hold the key of every
@@ -413,6 +430,46 @@ mod tests {
                 encode_frame_from_tail(seq, ts, table_id, e.op, &tail, &mut frame);
                 assert_eq!(frame, encode_frame(&e), "{e:?}");
             }
+        }
+    }
+
+    /// Value::write_msgpack and Row::write_msgpack (the commit path's encoders) write exactly
+    /// serde's bytes, at every MessagePack length and integer width.
+    #[test]
+    fn direct_msgpack_is_serde_at_every_width() {
+        let ints = [i64::MIN, -(1 << 31) - 1, -(1 << 31), -32769, -32768, -129, -128, -33, -32, -1, 0, 127, 128, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, i64::MAX];
+        let lens = [0usize, 15, 16, 31, 32, 255, 256, 65535, 65536];
+        let mut values = every_value();
+        for &i in &ints {
+            values.push(Value::Int(i));
+            values.push(Value::Date(i as i32));
+            values.push(Value::TimeTz(i, i as i32));
+            values.push(Value::Interval { months: i as i32, days: -(i as i32), micros: i });
+            values.push(Value::Array { lower: vec![i as i32], dims: vec![1], elems: vec![Value::Int(i)] });
+        }
+        for &n in &lens {
+            values.push(Value::Text("é".repeat(n / 2) + &"x".repeat(n % 2)));
+            values.push(Value::Bytes(vec![7; n]));
+            values.push(Value::Other("o".repeat(n)));
+            values.push(Value::Numeric("9".repeat(n)));
+            values.push(Value::Record(vec![Value::Null; n]));
+            values.push(Value::Array { lower: vec![1], dims: vec![n as i32], elems: vec![Value::Bool(true); n] });
+        }
+        let mut buf = Vec::new();
+        for v in &values {
+            buf.clear();
+            v.write_msgpack(&mut buf);
+            assert_eq!(buf, rmp_serde::to_vec(v).unwrap(), "{v:?}");
+        }
+        buf.clear();
+        crate::value::write_values(&values, &mut buf);
+        assert_eq!(buf, rmp_serde::to_vec(&values).unwrap(), "a list of values (as keys are)");
+        for n in [0usize, 1, 15, 16, 300] {
+            let cols: Vec<(u16, Value)> = (0..n).map(|i| ((i * 7 + 1) as u16, values[i % values.len()].clone())).collect();
+            let row = Row::new(cols);
+            buf.clear();
+            row.write_msgpack(&mut buf);
+            assert_eq!(buf, rmp_serde::to_vec(&row).unwrap(), "row of {n} columns");
         }
     }
 

@@ -88,6 +88,16 @@ impl Row {
         self.0.is_empty()
     }
 
+    /// Appends this row's MessagePack to `buf`: the bytes of its `Serialize` through
+    /// rmp_serde, written directly (see `Value::write_msgpack`).
+    pub fn write_msgpack(&self, buf: &mut Vec<u8>) {
+        rmp::encode::write_map_len(buf, self.0.len() as u32).unwrap();
+        for (attnum, v) in &self.0 {
+            rmp::encode::write_uint(buf, *attnum as u64).unwrap();
+            v.write_msgpack(buf);
+        }
+    }
+
     /// The attnums this row carries, ascending.
     pub fn attnums(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().map(|c| c.0)
