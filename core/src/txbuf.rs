@@ -16,10 +16,16 @@
 //!   <= 3/4) of `u32` lineage numbers, keyed by the lineage's *current handle*, which it reads
 //!   from `ends`; only lineages whose cur is a handle are indexed. O(1) lookup by
 //!   (table, cur handle) at 4 bytes per bucket instead of std HashMap's ~17-25 per entry.
+//!   Inserts are indexed lazily: an insert whose handle is above every cur handle the table
+//!   has had (`max_cur`) cannot be in use, so it is appended unindexed, and the unindexed
+//!   tail (`indexed..`) is indexed only when something needs the index (an update, a delete,
+//!   an insert at a lower handle, an undo). A bulk load — handles ascending, nothing looked
+//!   up — never builds it: its random writes were the capture side's whole cost.
 //!
 //! Measured memory (see `tests::memory_per_lineage`, `heap_bytes()`): 1,000,000 inserted
-//! handles in one table take 26.2 bytes per lineage (16 ends + 1 kind, Vec capacity rounded up
-//! to 2^20, + 8.4 index: 2^21 buckets x 4 bytes). Outside subtransactions nothing else is
+//! handles in one table, in ascending order as a bulk load makes them, take 17.8 bytes per
+//! lineage (16 ends + 1 kind, Vec capacity rounded up to 2^20; no index). Once indexed, the
+//! index adds 8.4 (2^21 buckets x 4 bytes). Outside subtransactions nothing else is
 //! kept; inside one, every change also logs a 24-byte undo record until the outermost
 //! subtransaction ends.
 //!
@@ -220,6 +226,11 @@ struct TableBuf {
     kinds: Vec<u8>,
     images: Vec<Row>,
     index: HandleIndex,
+    /// Lineages `..indexed` are in `index` (those whose cur is a handle); the ones after are
+    /// fresh inserts (none, handle) not indexed yet (see the module comment).
+    indexed: usize,
+    /// At least every cur handle any lineage has had (0 before the first).
+    max_cur: u64,
     /// Lineages that are not (None, None).
     live: usize,
 }
@@ -233,8 +244,19 @@ impl TableBuf {
             kinds: Vec::new(),
             images: Vec::new(),
             index: HandleIndex::default(),
+            indexed: 0,
+            max_cur: 0,
             live: 0,
         }
+    }
+
+    /// Indexes the unindexed tail; every index operation comes after this.
+    fn catch_up(&mut self) {
+        for i in self.indexed..self.ends.len() {
+            debug_assert_eq!(kind_of(self.kinds[i], CUR), K_HANDLE);
+            self.index.insert(i as u32, &self.ends);
+        }
+        self.indexed = self.ends.len();
     }
 
     fn push(&mut self, orig: Option<u64>, cur: Option<u64>) {
@@ -249,11 +271,14 @@ impl TableBuf {
         if cur.is_some() {
             k = with_kind(k, CUR, K_HANDLE);
         }
+        self.catch_up();
         self.ends.push([orig.unwrap_or(0), cur.unwrap_or(0)]);
         self.kinds.push(k);
-        if cur.is_some() {
+        if let Some(h) = cur {
             self.index.insert(idx, &self.ends);
+            self.max_cur = self.max_cur.max(h);
         }
+        self.indexed = self.ends.len();
         if k != 0 {
             self.live += 1;
         }
@@ -262,26 +287,45 @@ impl TableBuf {
     /// Pushes a new lineage (none, handle `h`) unless `h` is some lineage's cur handle already
     /// (then nothing changes and the answer is false).
     fn push_new(&mut self, h: u64) -> bool {
-        let Some(pos) = self.index.vacancy(h, &self.ends) else {
-            return false;
-        };
         let idx = u32::try_from(self.ends.len())
             .ok()
             .filter(|&i| i != EMPTY)
             .expect("more than 2^32-1 changed rows in one table in one transaction");
+        if h > self.max_cur {
+            // above every cur handle there has been: not in use; indexed when needed
+            self.max_cur = h;
+        } else {
+            self.catch_up();
+            let Some(pos) = self.index.vacancy(h, &self.ends) else {
+                return false;
+            };
+            self.index.fill(pos, idx);
+            self.indexed = self.ends.len() + 1;
+        }
         self.ends.push([0, h]);
         self.kinds.push(with_kind(0, CUR, K_HANDLE));
-        self.index.fill(pos, idx);
         self.live += 1;
         true
+    }
+
+    /// The lineage whose cur is handle `h`, if any.
+    fn find(&mut self, h: u64) -> Option<usize> {
+        if h > self.max_cur {
+            return None;
+        }
+        self.catch_up();
+        self.index.find(h, &self.ends).map(|pos| self.index.buckets[pos] as usize)
     }
 
     /// Reverts the last `push`.
     fn pop(&mut self) {
         let i = self.ends.len() - 1;
         let k = self.kinds[i];
-        if kind_of(k, CUR) == K_HANDLE {
-            self.index.remove(self.ends[i][CUR], &self.ends);
+        if i < self.indexed {
+            if kind_of(k, CUR) == K_HANDLE {
+                self.index.remove(self.ends[i][CUR], &self.ends);
+            }
+            self.indexed = i;
         }
         if k != 0 {
             self.live -= 1;
@@ -292,6 +336,7 @@ impl TableBuf {
 
     /// Sets lineage `i`'s cur (currently a handle or none) to handle `cur` or none.
     fn set_cur(&mut self, i: usize, cur: Option<u64>) {
+        self.catch_up();
         let k = self.kinds[i];
         let was_live = k != 0;
         if kind_of(k, CUR) == K_HANDLE {
@@ -301,8 +346,9 @@ impl TableBuf {
         let k = with_kind(k, CUR, if cur.is_some() { K_HANDLE } else { K_NONE });
         self.kinds[i] = k;
         self.ends[i][CUR] = cur.unwrap_or(0);
-        if cur.is_some() {
+        if let Some(h) = cur {
             self.index.insert(i as u32, &self.ends);
+            self.max_cur = self.max_cur.max(h);
         }
         match (was_live, k != 0) {
             (false, true) => self.live += 1,
@@ -426,12 +472,11 @@ impl TxBuf {
         let t = self.table_or_create(rel);
         let logging = self.logging();
         let tb = &mut self.tables[t];
-        if new_h != old_h && tb.index.find(new_h, &tb.ends).is_some() {
+        if new_h != old_h && tb.find(new_h).is_some() {
             return Err(TxBufError::HandleInUse { rel, handle: new_h });
         }
-        match tb.index.find(old_h, &tb.ends) {
-            Some(pos) => {
-                let i = tb.index.buckets[pos] as usize;
+        match tb.find(old_h) {
+            Some(i) => {
                 tb.set_cur(i, Some(new_h));
                 if logging {
                     self.undo.push(Undo::SetCur {
@@ -456,9 +501,8 @@ impl TxBuf {
         let t = self.table_or_create(rel);
         let logging = self.logging();
         let tb = &mut self.tables[t];
-        match tb.index.find(h, &tb.ends) {
-            Some(pos) => {
-                let i = tb.index.buckets[pos] as usize;
+        match tb.find(h) {
+            Some(i) => {
                 tb.set_cur(i, None);
                 if logging {
                     self.undo.push(Undo::SetCur {
@@ -503,6 +547,7 @@ impl TxBuf {
         };
         let logging = self.logging();
         let tb = &mut self.tables[t];
+        tb.catch_up(); // the snapshot's index must be whole
         let index = std::mem::take(&mut tb.index);
         if logging {
             // Logged before anything changes, so an abort after a panic in `f` is exact.
@@ -576,6 +621,7 @@ impl TxBuf {
                 tb.kinds = kinds;
                 tb.images.truncate(images_len);
                 tb.index = index;
+                tb.indexed = tb.ends.len(); // resolve_rel caught up before the snapshot
             }
         }
     }
@@ -655,6 +701,13 @@ impl TxBuf {
                     live += 1;
                 }
                 if kind_of(tb.kinds[i], CUR) == K_HANDLE {
+                    assert!(tb.ends[i][CUR] <= tb.max_cur, "a cur handle above max_cur");
+                }
+                if i >= tb.indexed {
+                    assert_eq!(tb.kinds[i], with_kind(0, CUR, K_HANDLE), "an unindexed lineage that is not a fresh insert");
+                    continue;
+                }
+                if kind_of(tb.kinds[i], CUR) == K_HANDLE {
                     indexed += 1;
                     let pos = tb
                         .index
@@ -671,6 +724,7 @@ impl TxBuf {
                 images.sum::<usize>(),
                 "orphaned or missing images"
             );
+            assert!(tb.indexed <= tb.ends.len());
             assert_eq!(tb.index.len, indexed);
             assert_eq!(
                 tb.index.buckets.iter().filter(|&&b| b != EMPTY).count(),

@@ -293,7 +293,9 @@ impl Value {
         match self {
             Value::Null => e::write_nil(buf).unwrap(),
             Value::Bool(b) => e::write_bool(buf, *b).unwrap(),
-            Value::Int(i) => drop(e::write_sint(buf, *i).unwrap()),
+            Value::Int(i) => {
+                e::write_sint(buf, *i).unwrap();
+            }
             Value::Float(f) => e::write_f64(buf, *f).unwrap(),
             Value::Text(t) => e::write_str(buf, t).unwrap(),
             Value::Bytes(b) => e::write_bin(buf, b).unwrap(),
@@ -336,7 +338,9 @@ impl Value {
                 tag(buf, 4, TAG_ARRAY);
                 for ints in [lower, dims] {
                     e::write_array_len(buf, ints.len() as u32).unwrap();
-                    ints.iter().for_each(|&i| drop(e::write_sint(buf, i as i64).unwrap()));
+                    for &i in ints {
+                        e::write_sint(buf, i as i64).unwrap();
+                    }
                 }
                 write_values(elems, buf);
             }
