@@ -264,6 +264,80 @@ pub unsafe fn row_from_heap_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::Hea
     row_from_deformed(tupdesc, &values, &nulls)
 }
 
+/// Append the MessagePack of one non-null datum: the bytes `datum_to_value(d, typid)`'s
+/// `write_msgpack` makes, without the Value for the kinds that would allocate (text, bytea,
+/// numeric); every other kind goes through its Value, which is a few stack bytes.
+///
+/// # Safety
+/// As `datum_to_value`.
+pub unsafe fn write_datum(d: pg_sys::Datum, typid: pg_sys::Oid, buf: &mut Vec<u8>) {
+    use rmp::encode as e;
+    // writes into a Vec cannot fail
+    match kind_of(typid) {
+        Kind::Text if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 => {
+            let bytes = varlena_bytes(d);
+            e::write_str_len(buf, bytes.len() as u32).unwrap();
+            buf.extend_from_slice(bytes);
+        }
+        Kind::Bytea => e::write_bin(buf, varlena_bytes(d)).unwrap(),
+        _ => datum_to_value(d, typid).write_msgpack(buf),
+    }
+}
+
+/// Reusable buffers for `write_tuple`.
+#[derive(Default)]
+pub struct TupleScratch {
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+    /// (attnum, start, end) of each column's value in the bytes `write_tuple` wrote, by attnum.
+    pub cols: Vec<(u16, usize, usize)>,
+}
+
+/// Append a heap tuple's Row as MessagePack — the bytes of `row_from_heap_tuple(..)`'s
+/// `write_msgpack` — and note where each column's value went (`scratch.cols`).
+///
+/// # Safety
+/// As `row_from_heap_tuple`.
+pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, buf: &mut Vec<u8>, scratch: &mut TupleScratch) {
+    let natts = (*tupdesc).natts as usize;
+    scratch.values.resize(natts, pg_sys::Datum::from(0usize));
+    scratch.nulls.resize(natts, false);
+    pg_sys::heap_deform_tuple(tuple, tupdesc, scratch.values.as_mut_ptr(), scratch.nulls.as_mut_ptr());
+    let attrs = (*tupdesc).attrs.as_slice(natts);
+    let ncols = attrs.iter().filter(|a| !a.attisdropped).count();
+    rmp::encode::write_map_len(buf, ncols as u32).unwrap();
+    scratch.cols.clear();
+    for (i, a) in attrs.iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        rmp::encode::write_uint(buf, (i + 1) as u64).unwrap();
+        let start = buf.len();
+        if scratch.nulls[i] {
+            rmp::encode::write_nil(buf).unwrap();
+        } else {
+            write_datum(scratch.values[i], a.atttypid, buf);
+        }
+        scratch.cols.push(((i + 1) as u16, start, buf.len()));
+    }
+}
+
+/// Can a key over columns of these types be copied from `write_tuple`'s bytes as they are?
+/// Yes unless a float could be in it: keys encode every NaN as one bit pattern (`encode_key`),
+/// row images keep the pattern the row had.
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor and the attnums in range.
+pub unsafe fn key_copyable(tupdesc: pg_sys::TupleDesc, attnums: &[u16]) -> bool {
+    let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+    attnums.iter().all(|&a| {
+        let Some(att) = attrs.get((a as usize).wrapping_sub(1)) else {
+            return false;
+        };
+        !matches!(kind_of(att.atttypid), Kind::Float4 | Kind::Float8 | Kind::Array { .. } | Kind::Record | Kind::Output(_))
+    })
+}
+
 /// Encode the row in a slot (all attributes are fetched).
 ///
 /// # Safety

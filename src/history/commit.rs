@@ -211,6 +211,7 @@ unsafe extern "C-unwind" fn subxact_callback(
 /// table id and op), as ranges of `Pending::bytes`. Only these bytes are kept, not the row
 /// images: a bulk load's history waits for its seq in about the size of its frames, in one
 /// buffer rather than millions of small allocations.
+#[derive(Debug, PartialEq)]
 struct Encoded {
     op: Op,
     key: Option<std::ops::Range<usize>>,
@@ -239,6 +240,42 @@ impl Pending {
         let start = self.bytes.len();
         encode_event_tail(event, &mut self.bytes);
         self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
+    }
+
+    /// An insert of the row version at `h`, encoded straight from the stored tuple into the
+    /// bytes `lineage_event` + `push` make of it (a pg_test compares the two), without the
+    /// row's Values. `key`: the identity columns (None: no identity); every one must be
+    /// `codec::key_copyable`.
+    ///
+    /// # Safety
+    /// As `VersionReader::read`; call in a memory context that is reset afterwards (detoasting
+    /// allocates in it).
+    unsafe fn push_insert(&mut self, versions: &mut VersionReader, h: u64, key: Option<&[u16]>, row: &mut Vec<u8>, scratch: &mut codec::TupleScratch) {
+        let mut tuple = versions.fetch(h);
+        row.clear();
+        codec::write_tuple((*versions.rel).rd_att, &mut tuple, row, scratch);
+        let start = self.bytes.len();
+        let key = key.map(|attnums| {
+            rmp::encode::write_array_len(&mut self.bytes, attnums.len() as u32).unwrap();
+            for a in attnums {
+                match scratch.cols.binary_search_by_key(a, |c| c.0) {
+                    Ok(i) => self.bytes.extend_from_slice(&row[scratch.cols[i].1..scratch.cols[i].2]),
+                    Err(_) => rmp::encode::write_nil(&mut self.bytes).unwrap(), // as Row::project
+                }
+            }
+            start..self.bytes.len()
+        });
+        // the tail: key, old_key, old, new, schema (frame.rs: encode_event_tail)
+        let tail = self.bytes.len();
+        match &key {
+            Some(k) => self.bytes.extend_from_within(k.clone()),
+            None => rmp::encode::write_nil(&mut self.bytes).unwrap(),
+        }
+        rmp::encode::write_nil(&mut self.bytes).unwrap();
+        rmp::encode::write_nil(&mut self.bytes).unwrap();
+        self.bytes.extend_from_slice(row);
+        rmp::encode::write_nil(&mut self.bytes).unwrap();
+        self.items.push(Encoded { op: Op::Insert, key, old_key: None, tail: tail..self.bytes.len() });
     }
 
     /// Forget the changes from item `n` on.
@@ -290,6 +327,15 @@ impl VersionReader {
     /// `rel` must be open; the version at `h` must still exist (this transaction wrote or
     /// deleted it, so no prune can have removed it).
     pub unsafe fn read(&mut self, h: u64) -> Row {
+        let mut tuple = self.fetch(h);
+        codec::row_from_heap_tuple((*self.rel).rd_att, &mut tuple)
+    }
+
+    /// The version at `h`, pinned (until the next fetch or the reader's drop) but not locked.
+    ///
+    /// # Safety
+    /// As `read`.
+    unsafe fn fetch(&mut self, h: u64) -> pg_sys::HeapTupleData {
         let rel = self.rel;
         let tid = unpack_tid(h);
         let block = (h >> 16) as pg_sys::BlockNumber;
@@ -317,7 +363,7 @@ impl VersionReader {
         tuple.t_tableOid = (*rel).rd_id;
         pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         // decoded under the pin alone, as a scan reads a page's visible tuples
-        codec::row_from_heap_tuple((*rel).rd_att, &mut tuple)
+        tuple
     }
 
     fn release(&mut self) {
@@ -431,7 +477,20 @@ unsafe fn table_events(
     // than once; if one does, the table's lineages are read again as whole events and folded.
     let first = out.items.len();
     out.items.reserve(tc.lineages.len());
+    // inserts of rows still stored are encoded straight from the tuple, unless a key column
+    // needs the canonical NaN of encode_key
+    let direct_key: Option<Option<&[u16]>> = match &ident {
+        Identity::Key(attnums) if codec::key_copyable((*rel).rd_att, attnums) => Some(Some(attnums)),
+        Identity::None => Some(None),
+        _ => None,
+    };
+    let (mut row, mut tuple_scratch) = (Vec::new(), codec::TupleScratch::default());
     for (orig, cur) in &tc.lineages {
+        if let (None, Some(Endpoint::Handle(h)), Some(key)) = (orig, cur, direct_key) {
+            scratch.switch_to(|_| out.push_insert(&mut versions, *h, key, &mut row, &mut tuple_scratch));
+            scratch.reset();
+            continue;
+        }
         if let Some(e) = lineage_event(&mut versions, &ident, orig, cur, scratch) {
             let keys = EventKeys::of(&e);
             out.push(&e, keys);
@@ -766,4 +825,91 @@ unsafe fn flush() {
         table_ids.into_datum().unwrap(),
     ];
     c.insert(&mut values, &mut [false; 7]);
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use driftdb_core::net::EventKeys;
+    use driftdb_core::Endpoint;
+    use pgrx::pg_sys;
+    use pgrx::prelude::*;
+    use pgrx::PgMemoryContexts;
+
+    use super::{lineage_event, Pending, VersionReader};
+    use crate::history::capture::pack_tid;
+    use crate::history::{codec, identity};
+
+    /// Every row of `table` encoded as an insert both ways — straight from the tuple
+    /// (`Pending::push_insert`) and through its Values (`lineage_event` + `Pending::push`) —
+    /// must give the same items and bytes. Returns how many rows were compared.
+    fn compare_insert_encodings(table: &str) -> usize {
+        let tids: Vec<(u32, u16)> = Spi::connect(|client| {
+            let q = format!("SELECT (ctid::text::point)[0]::int8, (ctid::text::point)[1]::int8 FROM {table}");
+            client
+                .select(&q, None, &[])
+                .unwrap()
+                .map(|r| (r.get::<i64>(1).unwrap().unwrap() as u32, r.get::<i64>(2).unwrap().unwrap() as u16))
+                .collect()
+        });
+        let relid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap();
+        // SAFETY: the table exists (just queried) and is locked for the test's transaction;
+        // its TIDs were read in this transaction, so the versions are there.
+        unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+            let ident = identity::of(rel);
+            let key: Option<&[u16]> = match &ident {
+                identity::Identity::Key(a) => {
+                    assert!(codec::key_copyable((*rel).rd_att, a), "{table}: the test wants a copyable key");
+                    Some(a)
+                }
+                _ => None,
+            };
+            let mut versions = VersionReader::new(rel);
+            let mut scratch = PgMemoryContexts::new("test");
+            let (mut direct, mut via_values) = (Pending::default(), Pending::default());
+            let (mut row, mut ts) = (Vec::new(), codec::TupleScratch::default());
+            for &(block, offset) in &tids {
+                let tid = pg_sys::ItemPointerData {
+                    ip_blkid: pg_sys::BlockIdData { bi_hi: (block >> 16) as u16, bi_lo: block as u16 },
+                    ip_posid: offset,
+                };
+                let h = pack_tid(&tid);
+                direct.push_insert(&mut versions, h, key, &mut row, &mut ts);
+                let e = lineage_event(&mut versions, &ident, &None, &Some(Endpoint::Handle(h)), &mut scratch).unwrap();
+                via_values.push(&e, EventKeys::of(&e));
+            }
+            assert_eq!(direct.items, via_values.items, "{table}");
+            assert!(direct.bytes == via_values.bytes, "{table}: the encodings differ");
+            drop(versions);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+        tids.len()
+    }
+
+    #[pg_test]
+    fn inserts_encoded_from_the_tuple_are_the_value_path_bytes() {
+        Spi::run(
+            "CREATE TYPE enc_mood AS ENUM ('sad', 'happy');
+             CREATE TYPE enc_pair AS (x int, y text);
+             CREATE TABLE enc_keyed (k1 int, k2 text, f float8, n numeric, b bytea, t timestamptz, d date,
+                                     a int[], r enc_pair, m enc_mood, j jsonb, u uuid, big text, gone int,
+                                     nm name, c char(3), tt timetz, iv interval, PRIMARY KEY (k2, k1));
+             ALTER TABLE enc_keyed DROP COLUMN gone;
+             INSERT INTO enc_keyed
+               SELECT g, 'k' || g, CASE WHEN g % 3 = 0 THEN 'NaN' ELSE g / 7.0 END, g * 1.25 - 30, '\\x01ff',
+                      '2026-01-01 10:00+00'::timestamptz + g * interval '1 hour', '2020-01-01'::date + g,
+                      ARRAY[g, NULL], ROW(g, 'x')::enc_pair, 'happy', '{\"a\": [1, 2]}',
+                      ('00000000-0000-0000-0000-00000000000' || (g % 10))::uuid, CASE WHEN g = 5 THEN repeat('long', 5000) END,
+                      'name' || g, 'ab', '10:00+02', interval '1 mon 2 days 3 s' * g
+               FROM generate_series(1, 60) g;
+             INSERT INTO enc_keyed (k1, k2) VALUES (0, '');
+             CREATE TABLE enc_unkeyed (v text, n numeric, f float4);
+             INSERT INTO enc_unkeyed SELECT 'row ' || g, g, g FROM generate_series(1, 20) g;
+             INSERT INTO enc_unkeyed VALUES (NULL, NULL, NULL);",
+        )
+        .unwrap();
+        assert_eq!(compare_insert_encodings("enc_keyed"), 61);
+        assert_eq!(compare_insert_encodings("enc_unkeyed"), 21);
+    }
 }
