@@ -106,7 +106,12 @@ fn compute_kind(typid: pg_sys::Oid) -> Kind {
 /// `d` must be a non-null varlena datum; the result borrows memory that lives at least as long
 /// as the current memory context.
 unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
-    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+    let mut v = d.cast_mut_ptr::<pg_sys::varlena>();
+    // what pg_detoast_datum_packed does, without the call for the usual inline value: only a
+    // compressed or out-of-line value needs detoasting
+    if pgrx::varlena::varatt_is_4b_c(v) || pgrx::varlena::varatt_is_1b_e(v) {
+        v = pg_sys::pg_detoast_datum_packed(v);
+    }
     let len = pgrx::varsize_any_exhdr(v);
     let data = pgrx::vardata_any(v) as *const u8;
     std::slice::from_raw_parts(data, len)
@@ -136,7 +141,12 @@ unsafe fn cstring(p: *const std::ffi::c_char) -> String {
 /// # Safety
 /// `d` must be a valid datum of type `typid` (or of a domain over it).
 pub unsafe fn datum_to_value(d: pg_sys::Datum, typid: pg_sys::Oid) -> Value {
-    match kind_of(typid) {
+    value_of_kind(d, kind_of(typid))
+}
+
+/// `datum_to_value` with the type's kind already looked up.
+unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
+    match kind {
         Kind::Bool => Value::Bool(d.value() != 0),
         Kind::Int2 => Value::Int(d.value() as i16 as i64),
         Kind::Int4 => Value::Int(d.value() as i32 as i64),
@@ -264,29 +274,33 @@ pub unsafe fn row_from_heap_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::Hea
     row_from_deformed(tupdesc, &values, &nulls)
 }
 
-/// Append the MessagePack of one non-null datum: the bytes `datum_to_value(d, typid)`'s
-/// `write_msgpack` makes, without the Value for the kinds that would allocate (text, bytea,
-/// numeric); every other kind goes through its Value, which is a few stack bytes.
+/// Append the MessagePack of one non-null datum of a type of this kind: the bytes its
+/// `datum_to_value`'s `write_msgpack` makes, without a Value for text and bytea (which would
+/// copy them); every other kind goes through its Value. `utf8`: the database encoding is UTF-8.
 ///
 /// # Safety
-/// As `datum_to_value`.
-pub unsafe fn write_datum(d: pg_sys::Datum, typid: pg_sys::Oid, buf: &mut Vec<u8>) {
+/// As `datum_to_value`, with `kind` the kind of its type.
+unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8>) {
     use rmp::encode as e;
     // writes into a Vec cannot fail
-    match kind_of(typid) {
-        Kind::Text if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 => {
+    match kind {
+        Kind::Text if utf8 => {
             let bytes = varlena_bytes(d);
             e::write_str_len(buf, bytes.len() as u32).unwrap();
             buf.extend_from_slice(bytes);
         }
         Kind::Bytea => e::write_bin(buf, varlena_bytes(d)).unwrap(),
-        _ => datum_to_value(d, typid).write_msgpack(buf),
+        _ => value_of_kind(d, kind).write_msgpack(buf),
     }
 }
 
-/// Reusable buffers for `write_tuple`.
+/// Reusable buffers for `write_tuple`, and what it looked up about the descriptor.
 #[derive(Default)]
 pub struct TupleScratch {
+    /// The descriptor `kinds` and `utf8` were looked up for.
+    desc: Option<pg_sys::TupleDesc>,
+    kinds: Vec<Kind>,
+    utf8: bool,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
     /// (attnum, start, end) of each column's value in the bytes `write_tuple` wrote, by attnum.
@@ -300,10 +314,16 @@ pub struct TupleScratch {
 /// As `row_from_heap_tuple`.
 pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, buf: &mut Vec<u8>, scratch: &mut TupleScratch) {
     let natts = (*tupdesc).natts as usize;
+    let attrs = (*tupdesc).attrs.as_slice(natts);
+    if scratch.desc != Some(tupdesc) {
+        // a dropped column's type is gone (atttypid 0); it is never written
+        scratch.kinds = attrs.iter().map(|a| if a.attisdropped { Kind::Bool } else { kind_of(a.atttypid) }).collect();
+        scratch.utf8 = pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32;
+        scratch.desc = Some(tupdesc);
+    }
     scratch.values.resize(natts, pg_sys::Datum::from(0usize));
     scratch.nulls.resize(natts, false);
     pg_sys::heap_deform_tuple(tuple, tupdesc, scratch.values.as_mut_ptr(), scratch.nulls.as_mut_ptr());
-    let attrs = (*tupdesc).attrs.as_slice(natts);
     let ncols = attrs.iter().filter(|a| !a.attisdropped).count();
     rmp::encode::write_map_len(buf, ncols as u32).unwrap();
     scratch.cols.clear();
@@ -316,7 +336,7 @@ pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, 
         if scratch.nulls[i] {
             rmp::encode::write_nil(buf).unwrap();
         } else {
-            write_datum(scratch.values[i], a.atttypid, buf);
+            write_datum(scratch.values[i], scratch.kinds[i], scratch.utf8, buf);
         }
         scratch.cols.push(((i + 1) as u16, start, buf.len()));
     }
