@@ -114,6 +114,37 @@ def test_copy_in_transaction_with_other_writes(conn):
     m.check(conn)
 
 
+def test_bulk_insert_then_rollback_to_savepoint_and_tid_reuse(conn):
+    """A bulk insert's rows are buffered without a TID index until a lookup needs one (txbuf's
+    lazy index). Rows inserted in a rolled-back savepoint free their TIDs, which the next
+    inserts reuse; updates and deletes of both generations must still find their rows."""
+    m = _table(conn)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            with cur.copy("COPY t (id, v) FROM STDIN") as cp:
+                for i in range(1, 3001):
+                    cp.write_row((i, "a"))
+        conn.execute("SAVEPOINT s")
+        conn.execute("INSERT INTO t SELECT g, 'gone' FROM generate_series(3001, 4000) g")
+        conn.execute("UPDATE t SET v = 'gone too' WHERE id % 5 = 0")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        # the rolled-back versions are dead: a prune may hand their TIDs to these rows
+        conn.execute("SELECT count(*) FROM t")
+        conn.execute("INSERT INTO t SELECT g, 'b' FROM generate_series(5001, 5800) g")
+        conn.execute("UPDATE t SET v = v || '+' WHERE id % 7 = 0")
+        conn.execute("DELETE FROM t WHERE id % 11 = 0")
+    rows = {i: ("a",) for i in range(1, 3001)}
+    rows.update({i: ("b",) for i in range(5001, 5801)})
+    for i in list(rows):
+        if i % 7 == 0:
+            rows[i] = (rows[i][0] + "+",)
+        if i % 11 == 0:
+            del rows[i]
+    m.commit(rows)
+    assert set(m.history[-1].values()) == {"i"}
+    m.check(conn)
+
+
 def test_update_and_delete(conn):
     m = _table(conn)
     conn.execute("INSERT INTO t SELECT g, 'v' FROM generate_series(1, 20) g")
