@@ -444,7 +444,7 @@ mod tests {
             values.push(Value::Int(i));
             values.push(Value::Date(i as i32));
             values.push(Value::TimeTz(i, i as i32));
-            values.push(Value::Interval { months: i as i32, days: -(i as i32), micros: i });
+            values.push(Value::Interval { months: i as i32, days: (i as i32).wrapping_neg(), micros: i });
             values.push(Value::Array { lower: vec![i as i32], dims: vec![1], elems: vec![Value::Int(i)] });
         }
         for &n in &lens {
