@@ -358,6 +358,19 @@ pub unsafe fn key_copyable(tupdesc: pg_sys::TupleDesc, attnums: &[u16]) -> bool 
     })
 }
 
+/// Are two rows of this descriptor equal exactly when `write_tuple` writes the same bytes for
+/// them? Yes unless a column can hold a float: `Value` equality takes every NaN as equal.
+///
+/// # Safety
+/// `tupdesc` must be a valid descriptor.
+pub unsafe fn rows_bytewise(tupdesc: pg_sys::TupleDesc) -> bool {
+    let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+    attrs
+        .iter()
+        .filter(|a| !a.attisdropped)
+        .all(|a| !matches!(kind_of(a.atttypid), Kind::Float4 | Kind::Float8 | Kind::Array { .. } | Kind::Record))
+}
+
 /// Encode the row in a slot (all attributes are fetched).
 ///
 /// # Safety

@@ -242,40 +242,69 @@ impl Pending {
         self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
     }
 
-    /// An insert of the row version at `h`, encoded straight from the stored tuple into the
-    /// bytes `lineage_event` + `push` make of it (a pg_test compares the two), without the
-    /// row's Values. `key`: the identity columns (None: no identity); every one must be
-    /// `codec::key_copyable`.
+    /// A lineage whose ends are stored row versions (`orig`: the version before the
+    /// transaction, `cur`: the one at its end), encoded straight from the tuples into the
+    /// bytes `lineage_event` + `push` make of it (a pg_test compares the two), without the rows'
+    /// Values. `key_cols`: the identity columns (None: no identity); every one must be
+    /// `codec::key_copyable`, and for an update (both ends) the rows must be
+    /// `codec::rows_bytewise`, so that equal bytes mean equal rows. An update that changed
+    /// nothing pushes nothing.
     ///
     /// # Safety
     /// As `VersionReader::read`; call in a memory context that is reset afterwards (detoasting
     /// allocates in it).
-    unsafe fn push_insert(&mut self, versions: &mut VersionReader, h: u64, key: Option<&[u16]>, row: &mut Vec<u8>, scratch: &mut codec::TupleScratch) {
-        let mut tuple = versions.fetch(h);
-        row.clear();
-        codec::write_tuple((*versions.rel).rd_att, &mut tuple, row, scratch);
-        let start = self.bytes.len();
-        let key = key.map(|attnums| {
-            rmp::encode::write_array_len(&mut self.bytes, attnums.len() as u32).unwrap();
-            for a in attnums {
-                match scratch.cols.binary_search_by_key(a, |c| c.0) {
-                    Ok(i) => self.bytes.extend_from_slice(&row[scratch.cols[i].1..scratch.cols[i].2]),
-                    Err(_) => rmp::encode::write_nil(&mut self.bytes).unwrap(), // as Row::project
-                }
+    unsafe fn push_direct(&mut self, versions: &mut VersionReader, orig: Option<u64>, cur: Option<u64>, key_cols: Option<&[u16]>, d: &mut DirectScratch) {
+        let desc = (*versions.rel).rd_att;
+        for (h, row, cols) in [(orig, &mut d.old, &mut d.old_cols), (cur, &mut d.new, &mut d.new_cols)] {
+            if let Some(h) = h {
+                let mut tuple = versions.fetch(h);
+                row.clear();
+                codec::write_tuple(desc, &mut tuple, row, cols);
             }
+        }
+        let op = match (orig, cur) {
+            (None, Some(_)) => Op::Insert,
+            (Some(_), Some(_)) if d.old == d.new => return, // an UPDATE that changed nothing
+            (Some(_), Some(_)) => Op::Update,
+            (Some(_), None) => Op::Delete,
+            (None, None) => return,
+        };
+        // the key: the row's after the change, or before it for a delete
+        let start = self.bytes.len();
+        let key = key_cols.map(|attnums| {
+            let (row, cols) = if cur.is_some() { (&d.new, &d.new_cols) } else { (&d.old, &d.old_cols) };
+            write_key(&mut self.bytes, attnums, row, cols);
             start..self.bytes.len()
         });
-        // the tail: key, old_key, old, new, schema (frame.rs: encode_event_tail)
-        let tail = self.bytes.len();
-        match &key {
-            Some(k) => self.bytes.extend_from_within(k.clone()),
-            None => rmp::encode::write_nil(&mut self.bytes).unwrap(),
+        // an update that changed the key also carries the old one
+        let mut old_key = None;
+        if let (Op::Update, Some(attnums), Some(k)) = (op, key_cols, &key) {
+            d.old_key.clear();
+            write_key(&mut d.old_key, attnums, &d.old, &d.old_cols);
+            if d.old_key[..] != self.bytes[k.clone()] {
+                let s = self.bytes.len();
+                self.bytes.extend_from_slice(&d.old_key);
+                old_key = Some(s..self.bytes.len());
+            }
         }
-        rmp::encode::write_nil(&mut self.bytes).unwrap();
-        rmp::encode::write_nil(&mut self.bytes).unwrap();
-        self.bytes.extend_from_slice(row);
-        rmp::encode::write_nil(&mut self.bytes).unwrap();
-        self.items.push(Encoded { op: Op::Insert, key, old_key: None, tail: tail..self.bytes.len() });
+        // the tail: key, old_key, old, new, schema (frame.rs: encode_event_tail)
+        let nil = |b: &mut Vec<u8>| rmp::encode::write_nil(b).unwrap();
+        let tail = self.bytes.len();
+        for k in [&key, &old_key] {
+            match k {
+                Some(k) => self.bytes.extend_from_within(k.clone()),
+                None => nil(&mut self.bytes),
+            }
+        }
+        for (present, row) in [(orig.is_some(), &d.old), (cur.is_some(), &d.new)] {
+            if present {
+                self.bytes.extend_from_slice(row);
+            } else {
+                nil(&mut self.bytes);
+            }
+        }
+        nil(&mut self.bytes);
+        self.items.push(Encoded { op, key, old_key, tail: tail..self.bytes.len() });
     }
 
     /// Forget the changes from item `n` on.
@@ -288,6 +317,29 @@ impl Pending {
 
     fn slice(&self, r: &Option<std::ops::Range<usize>>) -> Option<&[u8]> {
         r.as_ref().map(|r| &self.bytes[r.clone()])
+    }
+}
+
+/// Buffers `Pending::push_direct` reuses from one lineage to the next.
+#[derive(Default)]
+struct DirectScratch {
+    old: Vec<u8>,
+    new: Vec<u8>,
+    old_cols: codec::TupleScratch,
+    new_cols: codec::TupleScratch,
+    old_key: Vec<u8>,
+}
+
+/// Append the key of a row `codec::write_tuple` wrote (`row`, its columns in `cols`): the
+/// MessagePack array of the key columns' values, as `encode_key` makes it of `Row::project`
+/// (a column the row does not carry is nil).
+fn write_key(out: &mut Vec<u8>, attnums: &[u16], row: &[u8], cols: &codec::TupleScratch) {
+    rmp::encode::write_array_len(out, attnums.len() as u32).unwrap();
+    for a in attnums {
+        match cols.cols.binary_search_by_key(a, |c| c.0) {
+            Ok(i) => out.extend_from_slice(&row[cols.cols[i].1..cols.cols[i].2]),
+            Err(_) => rmp::encode::write_nil(out).unwrap(),
+        }
     }
 }
 
@@ -477,19 +529,28 @@ unsafe fn table_events(
     // than once; if one does, the table's lineages are read again as whole events and folded.
     let first = out.items.len();
     out.items.reserve(tc.lineages.len());
-    // inserts of rows still stored are encoded straight from the tuple, unless a key column
-    // needs the canonical NaN of encode_key
+    // Lineages whose ends are stored versions are encoded straight from the tuples, unless a
+    // key column needs encode_key's canonical NaN, or (updates) a float could make unequal
+    // bytes of equal rows.
     let direct_key: Option<Option<&[u16]>> = match &ident {
         Identity::Key(attnums) if codec::key_copyable((*rel).rd_att, attnums) => Some(Some(attnums)),
         Identity::None => Some(None),
         _ => None,
     };
-    let (mut row, mut tuple_scratch) = (Vec::new(), codec::TupleScratch::default());
+    let updates_direct = direct_key.is_some() && codec::rows_bytewise((*rel).rd_att);
+    let handle = |e: &Option<Endpoint>| match e {
+        Some(Endpoint::Handle(h)) => Some(Some(*h)),
+        None => Some(None),
+        Some(Endpoint::Image(_)) => None,
+    };
+    let mut direct = DirectScratch::default();
     for (orig, cur) in &tc.lineages {
-        if let (None, Some(Endpoint::Handle(h)), Some(key)) = (orig, cur, direct_key) {
-            scratch.switch_to(|_| out.push_insert(&mut versions, *h, key, &mut row, &mut tuple_scratch));
-            scratch.reset();
-            continue;
+        if let (Some(key), Some(o), Some(c)) = (direct_key, handle(orig), handle(cur)) {
+            if o.is_none() || c.is_none() || updates_direct {
+                scratch.switch_to(|_| out.push_direct(&mut versions, o, c, key, &mut direct));
+                scratch.reset();
+                continue;
+            }
         }
         if let Some(e) = lineage_event(&mut versions, &ident, orig, cur, scratch) {
             let keys = EventKeys::of(&e);
@@ -836,25 +897,35 @@ mod tests {
     use pgrx::prelude::*;
     use pgrx::PgMemoryContexts;
 
-    use super::{lineage_event, Pending, VersionReader};
+    use std::collections::HashMap;
+
+    use super::{lineage_event, DirectScratch, Pending, VersionReader};
     use crate::history::capture::pack_tid;
     use crate::history::{codec, identity};
 
-    /// Every row of `table` encoded as an insert both ways — straight from the tuple
-    /// (`Pending::push_insert`) and through its Values (`lineage_event` + `Pending::push`) —
-    /// must give the same items and bytes. Returns how many rows were compared.
-    fn compare_insert_encodings(table: &str) -> usize {
-        let tids: Vec<(u32, u16)> = Spi::connect(|client| {
-            let q = format!("SELECT (ctid::text::point)[0]::int8, (ctid::text::point)[1]::int8 FROM {table}");
+    /// The TIDs of `table`'s rows, by the int column `by`, as (block, offset).
+    fn tids(table: &str, by: &str) -> HashMap<i32, (u32, u16)> {
+        Spi::connect(|client| {
+            let q = format!("SELECT {by}, (ctid::text::point)[0]::int8, (ctid::text::point)[1]::int8 FROM {table}");
             client
                 .select(&q, None, &[])
                 .unwrap()
-                .map(|r| (r.get::<i64>(1).unwrap().unwrap() as u32, r.get::<i64>(2).unwrap().unwrap() as u16))
+                .map(|r| (r.get::<i32>(1).unwrap().unwrap(), (r.get::<i64>(2).unwrap().unwrap() as u32, r.get::<i64>(3).unwrap().unwrap() as u16)))
                 .collect()
-        });
+        })
+    }
+
+    fn handle((block, offset): (u32, u16)) -> u64 {
+        pack_tid(&pg_sys::ItemPointerData { ip_blkid: pg_sys::BlockIdData { bi_hi: (block >> 16) as u16, bi_lo: block as u16 }, ip_posid: offset })
+    }
+
+    /// Lineages (version before, version after) of `table` encoded both ways — straight from
+    /// the tuples (`Pending::push_direct`) and through their Values (`lineage_event` +
+    /// `Pending::push`) — must give the same items and bytes. Returns how many items.
+    fn compare_encodings(table: &str, lineages: &[(Option<(u32, u16)>, Option<(u32, u16)>)]) -> usize {
         let relid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap();
         // SAFETY: the table exists (just queried) and is locked for the test's transaction;
-        // its TIDs were read in this transaction, so the versions are there.
+        // every TID was read in this transaction, whose versions no prune can remove.
         unsafe {
             let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
             let ident = identity::of(rel);
@@ -865,26 +936,32 @@ mod tests {
                 }
                 _ => None,
             };
+            if lineages.iter().any(|(o, c)| o.is_some() && c.is_some()) {
+                assert!(codec::rows_bytewise((*rel).rd_att), "{table}: updates want rows without floats");
+            }
             let mut versions = VersionReader::new(rel);
             let mut scratch = PgMemoryContexts::new("test");
             let (mut direct, mut via_values) = (Pending::default(), Pending::default());
-            let (mut row, mut ts) = (Vec::new(), codec::TupleScratch::default());
-            for &(block, offset) in &tids {
-                let tid = pg_sys::ItemPointerData {
-                    ip_blkid: pg_sys::BlockIdData { bi_hi: (block >> 16) as u16, bi_lo: block as u16 },
-                    ip_posid: offset,
-                };
-                let h = pack_tid(&tid);
-                direct.push_insert(&mut versions, h, key, &mut row, &mut ts);
-                let e = lineage_event(&mut versions, &ident, &None, &Some(Endpoint::Handle(h)), &mut scratch).unwrap();
-                via_values.push(&e, EventKeys::of(&e));
+            let mut d = DirectScratch::default();
+            for &(o, c) in lineages {
+                direct.push_direct(&mut versions, o.map(handle), c.map(handle), key, &mut d);
+                let ends = (o.map(|t| Endpoint::Handle(handle(t))), c.map(|t| Endpoint::Handle(handle(t))));
+                if let Some(e) = lineage_event(&mut versions, &ident, &ends.0, &ends.1, &mut scratch) {
+                    via_values.push(&e, EventKeys::of(&e));
+                }
             }
             assert_eq!(direct.items, via_values.items, "{table}");
             assert!(direct.bytes == via_values.bytes, "{table}: the encodings differ");
             drop(versions);
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            direct.items.len()
         }
-        tids.len()
+    }
+
+    /// Every row of `table` as an insert.
+    fn compare_insert_encodings(table: &str, by: &str) -> usize {
+        let all: Vec<_> = tids(table, by).into_values().map(|t| (None, Some(t))).collect();
+        compare_encodings(table, &all)
     }
 
     #[pg_test]
@@ -909,7 +986,37 @@ mod tests {
              INSERT INTO enc_unkeyed VALUES (NULL, NULL, NULL);",
         )
         .unwrap();
-        assert_eq!(compare_insert_encodings("enc_keyed"), 61);
-        assert_eq!(compare_insert_encodings("enc_unkeyed"), 21);
+        assert_eq!(compare_insert_encodings("enc_keyed", "k1"), 61);
+        Spi::run("ALTER TABLE enc_unkeyed ADD COLUMN rid serial").unwrap();
+        assert_eq!(compare_insert_encodings("enc_unkeyed", "rid"), 21);
+    }
+
+    /// Updates (of other columns, of the key, to the same values) and deletes, both ways.
+    #[pg_test]
+    fn updates_and_deletes_encoded_from_the_tuples_are_the_value_path_bytes() {
+        Spi::run(
+            "CREATE TABLE enc_upd (k1 int, k2 text, rid int, n numeric, t text, ts timestamptz, j jsonb,
+                                   gone int, big text, PRIMARY KEY (k1, k2));
+             ALTER TABLE enc_upd DROP COLUMN gone;
+             INSERT INTO enc_upd SELECT g, 'k' || g, g, g * 0.5, 'row ' || g, '2026-01-01'::timestamptz + g * interval '1 day',
+                                        jsonb_build_object('g', g), CASE WHEN g = 3 THEN repeat('long', 5000) END
+               FROM generate_series(1, 40) g;",
+        )
+        .unwrap();
+        let before = tids("enc_upd", "rid");
+        Spi::run(
+            "UPDATE enc_upd SET t = t || '!' WHERE rid % 4 = 0;
+             UPDATE enc_upd SET k1 = k1 + 1000 WHERE rid % 4 = 1;
+             UPDATE enc_upd SET t = t, n = n WHERE rid % 4 = 2;
+             UPDATE enc_upd SET big = repeat('other', 4000) WHERE rid = 3;
+             DELETE FROM enc_upd WHERE rid % 4 = 3 AND rid <> 3;",
+        )
+        .unwrap();
+        let after = tids("enc_upd", "rid");
+        let mut lineages: Vec<_> = before.iter().map(|(rid, &old)| (Some(old), after.get(rid).copied())).collect();
+        lineages.sort();
+        // 10 updates of t, 10 key changes, 1 TOASTed value, 9 deletes; the 10 no-op updates
+        // make nothing either way
+        assert_eq!(compare_encodings("enc_upd", &lineages), 30);
     }
 }
