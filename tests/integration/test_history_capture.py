@@ -92,15 +92,20 @@ def test_copy_binary(conn):
     assert len(transactions(conn)) == 1
 
 
+def _copy_rows(conn, ids, v):
+    """COPY rows (id, v) into t, in the caller's transaction."""
+    with conn.cursor() as cur:
+        with cur.copy("COPY t (id, v) FROM STDIN") as cp:
+            for i in ids:
+                cp.write_row((i, v))
+
+
 def test_copy_in_transaction_with_other_writes(conn):
     m = _table(conn)
     conn.execute("INSERT INTO t VALUES (1, 'x'), (2, 'y')")
     m.apply({1: ("x",), 2: ("y",)})
     with conn.transaction():
-        with conn.cursor() as cur:
-            with cur.copy("COPY t (id, v) FROM STDIN") as cp:
-                for i in range(3, 103):
-                    cp.write_row((i, "c"))
+        _copy_rows(conn, range(3, 103), "c")
         conn.execute("UPDATE t SET v = 'upd' WHERE id IN (1, 50)")
         conn.execute("DELETE FROM t WHERE id IN (2, 60)")
     rows = dict(m.rows)
@@ -120,10 +125,7 @@ def test_bulk_insert_then_rollback_to_savepoint_and_tid_reuse(conn):
     inserts reuse; updates and deletes of both generations must still find their rows."""
     m = _table(conn)
     with conn.transaction():
-        with conn.cursor() as cur:
-            with cur.copy("COPY t (id, v) FROM STDIN") as cp:
-                for i in range(1, 3001):
-                    cp.write_row((i, "a"))
+        _copy_rows(conn, range(1, 3001), "a")
         conn.execute("SAVEPOINT s")
         conn.execute("INSERT INTO t SELECT g, 'gone' FROM generate_series(3001, 4000) g")
         conn.execute("UPDATE t SET v = 'gone too' WHERE id % 5 = 0")
