@@ -123,6 +123,19 @@ pub fn encode_event_tail(event: &Event, buf: &mut Vec<u8>) {
     }
 }
 
+/// The tail `encode_event_tail` makes of a row event (no schema change), from its fields
+/// already in MessagePack: `[key, old_key, old, new]`, each None written as nil. The extension
+/// encodes rows straight from their tuples and assembles the tail with this.
+pub fn encode_row_event_tail(parts: [Option<&[u8]>; 4], buf: &mut Vec<u8>) {
+    for part in parts {
+        match part {
+            Some(bytes) => buf.extend_from_slice(bytes),
+            None => rmp::encode::write_nil(buf).unwrap(),
+        }
+    }
+    rmp::encode::write_nil(buf).unwrap(); // schema
+}
+
 /// The frame of an event given its commit fields and the tail `encode_event_tail` made of
 /// the rest, into `buf` (its contents are replaced).
 pub fn encode_frame_from_tail(seq: u64, committed_at: i64, table_id: u32, op: Op, tail: &[u8], buf: &mut Vec<u8>) {
@@ -430,6 +443,44 @@ mod tests {
                 encode_frame_from_tail(seq, ts, table_id, e.op, &tail, &mut frame);
                 assert_eq!(frame, encode_frame(&e), "{e:?}");
             }
+        }
+    }
+
+    /// encode_row_event_tail of a row event's encoded fields is encode_event_tail's tail.
+    #[test]
+    fn row_event_tail_from_parts_is_encode_event_tail() {
+        let key = vec![Value::Int(7), Value::Text("k".into())];
+        let old_key = vec![Value::Int(6), Value::Text("k".into())];
+        let old = Row::new(vec![(1, Value::Int(6)), (2, Value::Text("k".into())), (3, Value::Null)]);
+        let new = Row::new(vec![(1, Value::Int(7)), (2, Value::Text("k".into())), (3, Value::Float(1.5))]);
+        let enc_values = |v: &[Value]| {
+            let mut b = Vec::new();
+            crate::value::write_values(v, &mut b);
+            b
+        };
+        let enc_row = |r: &Row| {
+            let mut b = Vec::new();
+            r.write_msgpack(&mut b);
+            b
+        };
+        let (k, ok, o, n) = (enc_values(&key), enc_values(&old_key), enc_row(&old), enc_row(&new));
+        for (op, with_key, with_old_key, with_old, with_new) in [
+            (Op::Insert, true, false, false, true),
+            (Op::Insert, false, false, false, true),
+            (Op::Update, true, false, true, true),
+            (Op::Update, true, true, true, true),
+            (Op::Delete, true, false, true, false),
+        ] {
+            let mut e = Event::new(1, 2, 3, op);
+            e.key = with_key.then(|| key.clone());
+            e.old_key = with_old_key.then(|| old_key.clone());
+            e.old = with_old.then(|| old.clone());
+            e.new = with_new.then(|| new.clone());
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            encode_event_tail(&e, &mut want);
+            let parts = [with_key.then_some(&k[..]), with_old_key.then_some(&ok[..]), with_old.then_some(&o[..]), with_new.then_some(&n[..])];
+            encode_row_event_tail(parts, &mut got);
+            assert_eq!(got, want, "{op:?}");
         }
     }
 

@@ -250,6 +250,14 @@ impl TableBuf {
         }
     }
 
+    /// The number the next lineage gets.
+    fn next_idx(&self) -> u32 {
+        u32::try_from(self.ends.len())
+            .ok()
+            .filter(|&i| i != EMPTY)
+            .expect("more than 2^32-1 changed rows in one table in one transaction")
+    }
+
     /// Indexes the unindexed tail; every index operation comes after this.
     fn catch_up(&mut self) {
         for i in self.indexed..self.ends.len() {
@@ -260,10 +268,7 @@ impl TableBuf {
     }
 
     fn push(&mut self, orig: Option<u64>, cur: Option<u64>) {
-        let idx = u32::try_from(self.ends.len())
-            .ok()
-            .filter(|&i| i != EMPTY)
-            .expect("more than 2^32-1 changed rows in one table in one transaction");
+        let idx = self.next_idx();
         let mut k = 0;
         if orig.is_some() {
             k = with_kind(k, ORIG, K_HANDLE);
@@ -287,10 +292,7 @@ impl TableBuf {
     /// Pushes a new lineage (none, handle `h`) unless `h` is some lineage's cur handle already
     /// (then nothing changes and the answer is false).
     fn push_new(&mut self, h: u64) -> bool {
-        let idx = u32::try_from(self.ends.len())
-            .ok()
-            .filter(|&i| i != EMPTY)
-            .expect("more than 2^32-1 changed rows in one table in one transaction");
+        let idx = self.next_idx();
         if h > self.max_cur {
             // above every cur handle there has been: not in use; indexed when needed
             self.max_cur = h;

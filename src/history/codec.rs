@@ -50,6 +50,13 @@ thread_local! {
     static TYPE_CACHE: RefCell<HashMap<pg_sys::Oid, Kind, BuildHasherDefault<FxHasher>>> = RefCell::new(HashMap::default());
 }
 
+impl Kind {
+    /// Can a value of this kind hold a float (itself, or in an element or field)?
+    fn may_hold_float(self) -> bool {
+        matches!(self, Kind::Float4 | Kind::Float8 | Kind::Array { .. } | Kind::Record)
+    }
+}
+
 fn kind_of(typid: pg_sys::Oid) -> Kind {
     if let Some(k) = TYPE_CACHE.with(|c| c.borrow().get(&typid).copied()) {
         return k;
@@ -354,7 +361,8 @@ pub unsafe fn key_copyable(tupdesc: pg_sys::TupleDesc, attnums: &[u16]) -> bool 
         let Some(att) = attrs.get((a as usize).wrapping_sub(1)) else {
             return false;
         };
-        !matches!(kind_of(att.atttypid), Kind::Float4 | Kind::Float8 | Kind::Array { .. } | Kind::Record | Kind::Output(_))
+        let kind = kind_of(att.atttypid);
+        !kind.may_hold_float() && !matches!(kind, Kind::Output(_))
     })
 }
 
@@ -368,7 +376,7 @@ pub unsafe fn rows_bytewise(tupdesc: pg_sys::TupleDesc) -> bool {
     attrs
         .iter()
         .filter(|a| !a.attisdropped)
-        .all(|a| !matches!(kind_of(a.atttypid), Kind::Float4 | Kind::Float8 | Kind::Array { .. } | Kind::Record))
+        .all(|a| !kind_of(a.atttypid).may_hold_float())
 }
 
 /// Encode the row in a slot (all attributes are fetched).

@@ -19,7 +19,7 @@ use std::hash::BuildHasherDefault;
 use std::ffi::{c_void, CStr};
 
 use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
-use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail};
+use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail, encode_row_event_tail};
 use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -230,16 +230,18 @@ struct Pending {
 
 impl Pending {
     fn push(&mut self, event: &Event, keys: EventKeys) {
-        let mut put = |b: &[u8]| {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(b);
-            start..self.bytes.len()
-        };
-        let key = keys.key.as_deref().map(&mut put);
-        let old_key = keys.old_key.as_deref().map(&mut put);
+        let key = keys.key.as_deref().map(|k| self.put(k));
+        let old_key = keys.old_key.as_deref().map(|k| self.put(k));
         let start = self.bytes.len();
         encode_event_tail(event, &mut self.bytes);
         self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
+    }
+
+    /// Append `b` to the bytes; its range.
+    fn put(&mut self, b: &[u8]) -> std::ops::Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        start..self.bytes.len()
     }
 
     /// A lineage whose ends are stored row versions (`orig`: the version before the
@@ -269,41 +271,28 @@ impl Pending {
             (Some(_), None) => Op::Delete,
             (None, None) => return,
         };
-        // the key: the row's after the change, or before it for a delete
-        let start = self.bytes.len();
-        let key = key_cols.map(|attnums| {
+        // the key: the row's after the change, or before it for a delete; an update that
+        // changed the key also carries the old one
+        if let Some(attnums) = key_cols {
             let (row, cols) = if cur.is_some() { (&d.new, &d.new_cols) } else { (&d.old, &d.old_cols) };
-            write_key(&mut self.bytes, attnums, row, cols);
-            start..self.bytes.len()
-        });
-        // an update that changed the key also carries the old one
-        let mut old_key = None;
-        if let (Op::Update, Some(attnums), Some(k)) = (op, key_cols, &key) {
-            d.old_key.clear();
-            write_key(&mut d.old_key, attnums, &d.old, &d.old_cols);
-            if d.old_key[..] != self.bytes[k.clone()] {
-                let s = self.bytes.len();
-                self.bytes.extend_from_slice(&d.old_key);
-                old_key = Some(s..self.bytes.len());
-            }
+            d.key.clear();
+            write_key(&mut d.key, attnums, row, cols);
         }
-        // the tail: key, old_key, old, new, schema (frame.rs: encode_event_tail)
-        let nil = |b: &mut Vec<u8>| rmp::encode::write_nil(b).unwrap();
+        let key_moved = match (op, key_cols) {
+            (Op::Update, Some(attnums)) => {
+                d.old_key.clear();
+                write_key(&mut d.old_key, attnums, &d.old, &d.old_cols);
+                d.old_key != d.key
+            }
+            _ => false,
+        };
+        let key_bytes = key_cols.map(|_| &d.key[..]);
+        let old_key_bytes = key_moved.then_some(&d.old_key[..]);
+        let key = key_bytes.map(|k| self.put(k));
+        let old_key = old_key_bytes.map(|k| self.put(k));
         let tail = self.bytes.len();
-        for k in [&key, &old_key] {
-            match k {
-                Some(k) => self.bytes.extend_from_within(k.clone()),
-                None => nil(&mut self.bytes),
-            }
-        }
-        for (present, row) in [(orig.is_some(), &d.old), (cur.is_some(), &d.new)] {
-            if present {
-                self.bytes.extend_from_slice(row);
-            } else {
-                nil(&mut self.bytes);
-            }
-        }
-        nil(&mut self.bytes);
+        let rows = (orig.map(|_| &d.old[..]), cur.map(|_| &d.new[..]));
+        encode_row_event_tail([key_bytes, old_key_bytes, rows.0, rows.1], &mut self.bytes);
         self.items.push(Encoded { op, key, old_key, tail: tail..self.bytes.len() });
     }
 
@@ -327,6 +316,7 @@ struct DirectScratch {
     new: Vec<u8>,
     old_cols: codec::TupleScratch,
     new_cols: codec::TupleScratch,
+    key: Vec<u8>,
     old_key: Vec<u8>,
 }
 
