@@ -49,6 +49,13 @@ tier_isolation() {
 }
 tier_pgsuite() { PGSUITE_REQUIRE_DRIFTDB=1 bash "$ROOT/tests/pg_suite/run.sh"; }
 
+# DRIFTDB_TEST_DISK_REPORT=1 (.ci/run sets it): free space before the tiers and after each one
+disk_report() {
+  [ "${DRIFTDB_TEST_DISK_REPORT:-0}" = 1 ] || return 0
+  log "disk $1: $(df -h --output=avail /tmp | tail -1 | tr -d ' ') free in /tmp, $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') beside the checkout; target $(du -sh "$ROOT/target" 2>/dev/null | cut -f1)"
+}
+disk_report "before the tiers"
+
 passed=(); failed=()
 for t in "${TIERS[@]}"; do
   case "$t" in
@@ -59,6 +66,7 @@ for t in "${TIERS[@]}"; do
   esac
   log "tier: $t"
   if "tier_$t"; then passed+=("$t"); else failed+=("$t"); log "tier $t FAILED"; fi
+  disk_report "after $t"
 done
 # leave the release build installed (pg_test/regress install a test build)
 [ -n "${_INSTALLED:-}" ] || build_and_install >/dev/null 2>&1

@@ -153,6 +153,7 @@ start_server() { # name preload
     echo "unix_socket_directories = '$d/sock'"
     echo "max_prepared_transactions = 10"     # exercise two-phase commit (prepared_xacts)
     echo "fsync = off"
+    echo "max_wal_size = 128MB"                # disk: checkpoints recycle WAL early (CI space)
     echo "logging_collector = off"
     echo "log_line_prefix = '%m [%p] %d/%a '"
     if [ -n "$preload" ]; then echo "shared_preload_libraries = '$preload'"; echo "driftdb.maintenance_naptime = 0"; fi
@@ -168,6 +169,7 @@ stop_server() { # name
   local d=$rundir/$1
   as_pg "$SRVBIN/pg_ctl" -D "$d/data" -m fast -w stop >/dev/null 2>&1 || true
   cp "$d/server.log" "$OUT/$1/server.log" 2>/dev/null || true
+  as_pg rm -rf "$d/data"   # the results are in $OUT; the next phase gets the disk space
 }
 
 psql_pg() { # db sql...
