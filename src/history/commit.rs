@@ -352,17 +352,20 @@ unsafe fn materialize(versions: &mut VersionReader, e: &Endpoint) -> Row {
 /// Reads the row versions this transaction wrote or deleted in one relation, by TID, whatever
 /// their visibility (as `heap_fetch` with SnapshotAny would). The last page read stays pinned:
 /// a bulk transaction's versions come in TID order, dozens to a page, and an UPDATE's two
-/// versions usually share one (HOT), so most reads skip the buffer lookup and pin.
+/// versions usually share one (HOT), so most reads skip the buffer lookup and pin. The page
+/// is share-locked once per pin, to read how many line pointers it has, not once per row.
 pub struct VersionReader {
     rel: pg_sys::Relation,
     buf: pg_sys::Buffer,
     block: pg_sys::BlockNumber,
+    /// The pinned page's line pointer count when it was last read under the lock (0: not yet).
+    maxoff: pg_sys::OffsetNumber,
 }
 
 impl VersionReader {
     /// `rel` must be open for as long as the reader is used.
     pub fn new(rel: pg_sys::Relation) -> VersionReader {
-        VersionReader { rel, buf: pg_sys::InvalidBuffer as pg_sys::Buffer, block: pg_sys::InvalidBlockNumber }
+        VersionReader { rel, buf: pg_sys::InvalidBuffer as pg_sys::Buffer, block: pg_sys::InvalidBlockNumber, maxoff: 0 }
     }
 
     /// # Safety
@@ -386,16 +389,25 @@ impl VersionReader {
             self.release();
             self.buf = pg_sys::ReadBuffer(rel, block);
             self.block = block;
+            self.maxoff = 0;
         }
-        // The pin keeps the page's tuples in place (moving them, by pruning, takes a cleanup
-        // lock, which waits for every pin); the share lock is for the line pointer array, as
-        // heap_fetch holds it.
-        pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_SHARE as i32);
         let page = pg_sys::BufferGetPage(self.buf);
-        let found = offset >= pg_sys::FirstOffsetNumber as u16 && offset <= pg_sys::PageGetMaxOffsetNumber(page);
+        if offset > self.maxoff {
+            // The line pointer array grows (other backends add tuples to the page under an
+            // exclusive lock), so its length is read under the share lock, as heap_fetch
+            // holds it. It cannot shrink or change an entry in use while we hold the pin:
+            // pruning, which truncates it or marks entries unused, takes a cleanup lock, which
+            // waits for every pin.
+            pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_SHARE as i32);
+            self.maxoff = pg_sys::PageGetMaxOffsetNumber(page);
+            pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        }
+        // The entry of a version this transaction wrote or deleted is not written by anyone
+        // while we hold the pin (see above), so it is read under the pin alone, as a page-at-a-
+        // time scan reads the entries it collected (heapgettup_pagemode).
+        let found = offset >= pg_sys::FirstOffsetNumber as u16 && offset <= self.maxoff;
         let item = if found { pg_sys::PageGetItemId(page, offset) } else { std::ptr::null_mut() };
         if item.is_null() || (*item).lp_flags() != pg_sys::LP_NORMAL {
-            pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
             self.gone(h);
         }
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
@@ -403,7 +415,6 @@ impl VersionReader {
         tuple.t_len = (*item).lp_len();
         tuple.t_self = tid;
         tuple.t_tableOid = (*rel).rd_id;
-        pg_sys::LockBuffer(self.buf, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         // decoded under the pin alone, as a scan reads a page's visible tuples
         tuple
     }
@@ -724,7 +735,11 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
             let span = &mut items[start..end];
             start = end;
             let keyed = span.iter().filter(|it| it.key.is_some()).count();
-            let packable = span.iter().all(|it| it.old_key.is_none() && (it.key.is_some() || matches!(it.op, Op::Truncate | Op::Schema)));
+            // (a pack entry's key takes at most 64 kB: a REPLICA IDENTITY FULL key can be longer)
+            let packable = span.iter().all(|it| {
+                it.old_key.is_none()
+                    && it.key.as_ref().map_or(matches!(it.op, Op::Truncate | Op::Schema), |k| k.len() <= u16::MAX as usize)
+            });
             if !packable || !packs::wanted(keyed) {
                 return false;
             }

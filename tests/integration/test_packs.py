@@ -209,6 +209,30 @@ def test_tables_without_a_key_and_identity_full(conn):
     assert_verified(conn, "nokey", "full_ident")
 
 
+def test_identity_full_keys_too_long_for_a_pack_stay_in_event_rows(conn):
+    """A pack entry holds a key of at most 64 kB; under REPLICA IDENTITY FULL the key is the
+    whole row, so a bulk transaction with a longer row keeps that table's events in
+    driftdb.events (whose key index holds it compressed) instead of failing its commit."""
+    conn.execute("SET driftdb.pack_min_events = 10")
+    conn.execute("CREATE TABLE wide (a int, b text) USING driftdb")
+    conn.execute("ALTER TABLE wide REPLICA IDENTITY FULL")
+    big = "ab" * 40_000  # 80 kB raw; compressed, it fits driftdb.events' key index
+    with conn.transaction():
+        conn.execute("INSERT INTO wide SELECT g, 'small' FROM generate_series(1, 30) g")
+        conn.execute("INSERT INTO wide VALUES (31, %s)", (big,))
+    packed = conn.execute("SELECT count(*) FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'wide'::regclass").fetchone()[0]
+    assert packed == 0
+    assert event_count(conn, "wide") == 31
+    # the next bulk transaction without the long row is packed as usual
+    conn.execute("INSERT INTO wide SELECT g, 'later' FROM generate_series(100, 140) g")
+    assert conn.execute("SELECT sum(nevents) FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'wide'::regclass").fetchone()[0] == 41
+    s = current_seq(conn)
+    got = _rows(conn, "SELECT a, length(b), md5(b) FROM driftdb.as_of(NULL::wide, %s::bigint)", (s,))
+    assert got == _rows(conn, "SELECT a, length(b), md5(b) FROM wide")
+    assert (31, len(big)) in [(a, n) for a, n, _ in got]
+    assert_verified(conn, "wide")
+
+
 def test_copy_from_stdin_is_packed_and_exact(conn):
     _setup(conn, min_events=1000)
     with conn.cursor().copy("COPY t (id, v, n, note) FROM STDIN") as cp:
