@@ -52,6 +52,8 @@ pub enum FrameError {
     Decode(#[from] rmp_serde::decode::Error),
     #[error("payload has {trailing} trailing bytes after the event")]
     TrailingBytes { trailing: usize },
+    #[error("a key longer than {LONG_KEY_BYTES} bytes is filed under its digest, which cannot be decoded")]
+    DigestKey,
 }
 
 fn frame_crc(version: u8, flags: u8, len_le: [u8; 4], payload: &[u8]) -> u32 {
@@ -245,7 +247,8 @@ pub fn decode_frame(frame: &[u8]) -> Result<Event, FrameError> {
 /// Canonical bytes of an identity key: values that are `==` (see `Value`'s equality, under
 /// which all NaNs are equal) give identical bytes, and different keys give different bytes.
 /// Usable as a bytea/btree key for equality lookups and as a hash-map key. The encoding is a
-/// MessagePack array of values (smallest int forms, NaNs rewritten to one bit pattern).
+/// MessagePack array of values (smallest int forms, NaNs rewritten to one bit pattern); one
+/// longer than `LONG_KEY_BYTES` is replaced by its digest (`fold_long_key`).
 pub fn encode_key(key: &[Value]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(16);
     if key.iter().any(Value::has_noncanonical_nan) {
@@ -255,7 +258,31 @@ pub fn encode_key(key: &[Value]) -> Vec<u8> {
     } else {
         crate::value::write_values(key, &mut buf);
     }
+    fold_long_key(&mut buf);
     buf
+}
+
+/// Keys whose canonical encoding is longer than this are filed under their digest: the key
+/// columns of `driftdb.events` and `driftdb.packs` are B-tree indexed, and a B-tree entry holds
+/// at most about 2.7 kB (a REPLICA IDENTITY FULL key is the whole row).
+pub const LONG_KEY_BYTES: usize = 1024;
+
+/// The first byte of a digest key: 0xc1 is the one byte MessagePack never uses, so no encoded
+/// key (an array, 0x90..=0x9f or 0xdc..=0xdd) starts with it.
+pub const LONG_KEY_MARK: u8 = 0xc1;
+
+/// Replace an encoded key longer than `LONG_KEY_BYTES` by `LONG_KEY_MARK` and the SHA-256 of
+/// its encoding (33 bytes). Equal keys keep equal bytes and different keys different ones (up
+/// to a SHA-256 collision); the order of long keys among the others is arbitrary but fixed,
+/// which is all packs, segments and equality lookups need (range lookups are for integer keys
+/// only). The event's frame keeps the key's values: only where a key is filed changes.
+pub fn fold_long_key(encoded: &mut Vec<u8>) {
+    if encoded.len() > LONG_KEY_BYTES {
+        let digest = crate::segment::sha256(encoded);
+        encoded.clear();
+        encoded.push(LONG_KEY_MARK);
+        encoded.extend_from_slice(&digest);
+    }
 }
 
 /// Byte ranges (inclusive) of `encode_key` images that together hold the key of every
@@ -281,8 +308,11 @@ pub fn int_key_ranges(lo: i64, hi: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Inverse of `encode_key`.
+/// Inverse of `encode_key`, for keys not folded into a digest (`fold_long_key`).
 pub fn decode_key(bytes: &[u8]) -> Result<Vec<Value>, FrameError> {
+    if bytes.first() == Some(&LONG_KEY_MARK) {
+        return Err(FrameError::DigestKey);
+    }
     let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
     let key: Vec<Value> = serde::Deserialize::deserialize(&mut de)?;
     let consumed = de.position() as usize;
@@ -801,15 +831,57 @@ mod tests {
             assert_eq!(decode_key(&encoded[i]).unwrap(), distinct[i]);
         }
         // Deterministic across calls, and every value variant is encodable and decodable.
+        // (a key longer than LONG_KEY_BYTES is filed under its digest: long_keys_are_filed...)
         for v in every_value() {
             let key = vec![v.clone(), Value::Int(3)];
+            let mut raw = Vec::new();
+            crate::value::write_values(&key, &mut raw);
             assert_eq!(encode_key(&key), encode_key(&key.clone()));
-            assert_eq!(decode_key(&encode_key(&key)).unwrap(), key);
+            if raw.len() > LONG_KEY_BYTES {
+                assert!(matches!(decode_key(&encode_key(&key)), Err(FrameError::DigestKey)));
+            } else {
+                assert_eq!(decode_key(&encode_key(&key)).unwrap(), key);
+            }
         }
         assert!(matches!(
             decode_key(&[0x91, 0x01, 0x00]),
             Err(FrameError::TrailingBytes { .. })
         ));
+    }
+
+    #[test]
+    fn long_keys_are_filed_under_their_digest() {
+        use crate::segment::sha256;
+        // the longest key kept as it is, and the shortest folded: a text of n bytes encodes
+        // as 0x91, a str8/str16 header and the bytes
+        let text = |n: usize| vec![Value::Text("k".repeat(n))];
+        let raw = |k: &[Value]| {
+            let mut b = Vec::new();
+            crate::value::write_values(k, &mut b);
+            b
+        };
+        let n_max = (0..2000).rev().find(|&n| raw(&text(n)).len() <= LONG_KEY_BYTES).unwrap();
+        assert_eq!(encode_key(&text(n_max)), raw(&text(n_max)));
+        assert_eq!(decode_key(&encode_key(&text(n_max))).unwrap(), text(n_max));
+        let long = text(n_max + 1);
+        let filed = encode_key(&long);
+        assert_eq!(filed.len(), 33);
+        assert_eq!(filed[0], LONG_KEY_MARK);
+        assert_eq!(&filed[1..], &sha256(&raw(&long))[..]);
+        assert!(matches!(decode_key(&filed), Err(FrameError::DigestKey)));
+        // equal long keys (NaNs included) file alike; different ones apart
+        let with_nan = |bits: u64| vec![Value::Float(f64::from_bits(bits)), Value::Text("x".repeat(3000))];
+        assert_eq!(encode_key(&with_nan(0x7ff8_0000_0000_0001)), encode_key(&with_nan(0x7ff8_0000_0000_0002)));
+        assert_ne!(encode_key(&text(5000)), encode_key(&text(5001)));
+        // a short key never starts with the mark (every key is a MessagePack array), and a
+        // long one always does
+        for v in every_value() {
+            let k = [v];
+            assert_eq!(encode_key(&k)[0] == LONG_KEY_MARK, raw(&k).len() > LONG_KEY_BYTES);
+        }
+        // the replay's image key files a long whole-row key the same way
+        let row = Row::new(vec![(1, Value::Int(1)), (2, Value::Text("y".repeat(4000)))]);
+        assert_eq!(crate::replay::image_key(None, &row), encode_key(&[Value::Int(1), Value::Text("y".repeat(4000))]));
     }
 
     #[test]

@@ -567,7 +567,9 @@ pub(crate) fn image_key(key_cols: Option<&[u16]>, row: &Row) -> Vec<u8> {
             }
         }
     }
-    rmp_serde::to_vec(&Key(key_cols, row)).expect("key serialization is infallible")
+    let mut k = rmp_serde::to_vec(&Key(key_cols, row)).expect("key serialization is infallible");
+    crate::frame::fold_long_key(&mut k);
+    k
 }
 
 /// After a schema change, give a row the table's new column set: columns added since read as

@@ -19,7 +19,7 @@ use std::hash::BuildHasherDefault;
 use std::ffi::{c_void, CStr};
 
 use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
-use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail, encode_row_event_tail};
+use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail, encode_row_event_tail, fold_long_key, LONG_KEY_BYTES};
 use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -288,8 +288,10 @@ impl Pending {
         };
         let key_bytes = key_cols.map(|_| &d.key[..]);
         let old_key_bytes = key_moved.then_some(&d.old_key[..]);
-        let key = key_bytes.map(|k| self.put(k));
-        let old_key = old_key_bytes.map(|k| self.put(k));
+        // the frame carries the key's values; the index copies are filed as encode_key files
+        // them (a long key under its digest)
+        let key = key_bytes.map(|k| self.put(filed_key(k, &mut d.filed)));
+        let old_key = old_key_bytes.map(|k| self.put(filed_key(k, &mut d.filed)));
         let tail = self.bytes.len();
         let rows = (orig.map(|_| &d.old[..]), cur.map(|_| &d.new[..]));
         encode_row_event_tail([key_bytes, old_key_bytes, rows.0, rows.1], &mut self.bytes);
@@ -318,6 +320,20 @@ struct DirectScratch {
     new_cols: codec::TupleScratch,
     key: Vec<u8>,
     old_key: Vec<u8>,
+    /// A long key's digest (`filed_key`).
+    filed: Vec<u8>,
+}
+
+/// The bytes a key encoded by `write_key` is filed under: itself, or the digest of a long one
+/// (`driftdb_core::frame::fold_long_key`, as `encode_key` does).
+fn filed_key<'a>(key: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if key.len() <= LONG_KEY_BYTES {
+        return key;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(key);
+    fold_long_key(scratch);
+    scratch
 }
 
 /// Append the key of a row `codec::write_tuple` wrote (`row`, its columns in `cols`): the

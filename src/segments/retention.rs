@@ -287,8 +287,9 @@ fn history_start_sql(
     TableIterator::once((seq, at, reason.into()))
 }
 
-/// The canonical key bytes of `texts` read as the table's identity columns.
-unsafe fn key_from_texts(rel: pg_sys::Relation, texts: &[Option<String>]) -> Vec<u8> {
+/// `texts` read as the table's identity columns: their values, and the key bytes they are
+/// filed under.
+unsafe fn key_from_texts(rel: pg_sys::Relation, texts: &[Option<String>]) -> (Vec<Value>, Vec<u8>) {
     let name = crate::timetravel::srf::rel_name((*rel).rd_id);
     let cols = match reader::identity_of(rel) {
         Identity::Key(cols) => cols,
@@ -320,7 +321,8 @@ unsafe fn key_from_texts(rel: pg_sys::Relation, texts: &[Option<String>]) -> Vec
         let d = pg_sys::OidInputFunctionCall(input, c.as_ptr() as *mut _, ioparam, att.atttypmod);
         vals.push(crate::history::codec::datum_to_value(d, att.atttypid));
     }
-    encode_key(&vals)
+    let key = encode_key(&vals);
+    (vals, key)
 }
 
 #[pg_extern(name = "erase", volatile)]
@@ -340,7 +342,7 @@ fn erase_sql(
 unsafe fn erase_key(cat: &Catalog, rel: pg_sys::Relation, texts: &[Option<String>]) -> (i64, i64, String) {
     let relid = (*rel).rd_id;
     let name = crate::timetravel::srf::rel_name(relid);
-    let key = key_from_texts(rel, texts);
+    let (key_vals, key) = key_from_texts(rel, texts);
     let key_hash = hex(&driftdb_core::sha256(&key));
     let src = Source::new(*cat, rel);
     let Some(info) = src.info.clone() else { return (0, 0, key_hash) };
@@ -355,7 +357,6 @@ unsafe fn erase_key(cat: &Catalog, rel: pg_sys::Relation, texts: &[Option<String
     }
     let settled = engine::resolve(cat, Point::Seq(i64::MAX));
     let marks = src.marks(settled);
-    let key_vals = driftdb_core::decode_key(&key).unwrap_or_default();
     if src.row_for_key(&key_vals, settled, &marks).is_some() {
         DriftError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

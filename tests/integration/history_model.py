@@ -15,6 +15,8 @@ before and after, per key — an insert, an update (only when the row changed), 
 """
 from __future__ import annotations
 
+import hashlib
+
 import struct
 from typing import Any, Iterable, Mapping
 
@@ -86,8 +88,10 @@ def mp(v: Any) -> bytes:
 
 
 def mp_key(*values: Any) -> bytes:
-    """The ``driftdb.events.key`` of a row whose identity values are ``values``."""
-    return mp(list(values))
+    """The ``driftdb.events.key`` of a row whose identity values are ``values``: their
+    MessagePack array, or, longer than 1024 bytes, 0xc1 and the SHA-256 of it."""
+    b = mp(list(values))
+    return b if len(b) <= 1024 else b"\xc1" + hashlib.sha256(b).digest()
 
 
 def as_key(k: Any) -> bytes:

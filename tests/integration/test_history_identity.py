@@ -69,6 +69,73 @@ def ops_by_seq_multi(conn, table):
     return [sorted(v) for _s, v in sorted(out.items())]
 
 
+def _noise(seed: int, nbytes: int) -> str:
+    """Text that does not compress: hex of a hash chain."""
+    import hashlib
+    out, h = [], str(seed).encode()
+    while sum(map(len, out)) < nbytes:
+        h = hashlib.sha256(h).digest()
+        out.append(h.hex())
+    return "".join(out)[:nbytes]
+
+
+def test_long_keys_are_filed_under_their_digest(conn):
+    """An identity key longer than 1 kB is filed (driftdb.events.key, packs) under 0xc1 and its
+    SHA-256: under REPLICA IDENTITY FULL the key is the whole row, and a wide row's key would
+    not fit the key index (a B-tree entry holds about 2.7 kB). Its frames keep the values."""
+    conn.execute("SET driftdb.pack_min_events = 10")
+    conn.execute("CREATE TABLE wide (a int, b text) USING driftdb")
+    conn.execute("ALTER TABLE wide REPLICA IDENTITY FULL")
+    model: dict[int, tuple] = {}
+    states = []
+
+    def commit(*stmts):
+        with conn.transaction():
+            for sql, params in stmts:
+                conn.execute(sql, params)
+        model.clear()
+        model.update({r[0]: r for r in conn.execute("SELECT a, b FROM wide")})
+        states.append((current_seq(conn), dict(model)))
+
+    big = {i: _noise(i, 20_000) for i in range(1, 60)}
+    commit(("INSERT INTO wide VALUES (1, %s)", (big[1],)))
+    commit(("INSERT INTO wide VALUES (2, %s), (3, 'narrow')", (big[2],)))
+    commit(("UPDATE wide SET b = %s WHERE a = 1", (big[4],)))
+    commit(("DELETE FROM wide WHERE a = 2", None))
+    # a bulk transaction: packed, wide and narrow rows alike
+    commit(*[("INSERT INTO wide VALUES (%s, %s)", (i, big[i] if i % 2 else f"n{i}")) for i in range(10, 40)])
+    commit(("UPDATE wide SET b = b || 'x' WHERE a BETWEEN 10 AND 19", None),
+           ("DELETE FROM wide WHERE a BETWEEN 30 AND 34", None))
+    keys = [bytes(e[3]) for e in events(conn, "wide")]
+    assert mp_key(1, big[1]) in keys and mp_key(1, big[1])[0] == 0xC1 and len(mp_key(1, big[1])) == 33
+    assert mp_key(3, "narrow") in keys and mp_key(3, "narrow")[0] != 0xC1
+    assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] > 0
+    for seq, want in states:
+        got = conn.execute("SELECT a, b FROM driftdb.as_of(NULL::wide, %s::bigint)", (seq,)).fetchall()
+        assert sorted(got) == sorted(want.values()), f"AS OF {seq}"
+    assert_verified(conn, "wide")
+
+    # a primary key longer than 1 kB: lookups, updates, deletes and erasure find it by digest
+    conn.execute("CREATE TABLE lk (k text PRIMARY KEY, v int) USING driftdb")
+    long_k, other = _noise(7, 1500), _noise(8, 1500)
+    conn.execute("INSERT INTO lk VALUES (%s, 1), (%s, 2)", (long_k, other))
+    s1 = current_seq(conn)
+    conn.execute("UPDATE lk SET v = 10 WHERE k = %s", (long_k,))
+    s2 = current_seq(conn)
+    assert [(e[2], bytes(e[3])) for e in events(conn, "lk")][-1] == ("u", mp_key(long_k))
+    for seq, v in ((s1, 1), (s2, 10)):
+        q = "SELECT v FROM driftdb.as_of(NULL::lk, %s::bigint) WHERE k = %s"
+        assert conn.execute(q, (seq, long_k)).fetchall() == [(v,)]
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + q, (seq, long_k)))
+        assert "History Lookup: identity key" in plan and "full state" not in plan, plan
+    conn.execute("DELETE FROM lk WHERE k = %s", (long_k,))
+    removed = conn.execute("SELECT events_removed FROM driftdb.erase('lk', %s)", (long_k,)).fetchone()[0]
+    assert removed == 3
+    assert [bytes(e[3]) for e in events(conn, "lk")] == [mp_key(other)]
+    assert conn.execute("SELECT k = %s, v FROM driftdb.as_of(NULL::lk, %s::bigint)", (other, s2)).fetchall() == [(True, 2)]
+    assert_verified(conn, "lk")
+
+
 def test_replica_identity_using_index(conn):
     conn.execute("CREATE TABLE t (id serial, code text NOT NULL, v int) USING driftdb")
     conn.execute("CREATE UNIQUE INDEX t_code ON t (code)")
