@@ -751,7 +751,8 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
             let span = &mut items[start..end];
             start = end;
             let keyed = span.iter().filter(|it| it.key.is_some()).count();
-            // (a pack entry's key takes at most 64 kB: a REPLICA IDENTITY FULL key can be longer)
+            // (a pack entry's key takes at most 64 kB; keys are filed in at most 1 kB, longer
+            // ones under their digest, so this only guards the format's limit)
             let packable = span.iter().all(|it| {
                 it.old_key.is_none()
                     && it.key.as_ref().map_or(matches!(it.op, Op::Truncate | Op::Schema), |k| k.len() <= u16::MAX as usize)

@@ -209,27 +209,26 @@ def test_tables_without_a_key_and_identity_full(conn):
     assert_verified(conn, "nokey", "full_ident")
 
 
-def test_identity_full_keys_too_long_for_a_pack_stay_in_event_rows(conn):
-    """A pack entry holds a key of at most 64 kB; under REPLICA IDENTITY FULL the key is the
-    whole row, so a bulk transaction with a longer row keeps that table's events in
-    driftdb.events (whose key index holds it compressed) instead of failing its commit."""
+def test_identity_full_wide_rows_are_packed_under_their_key_digest(conn):
+    """Under REPLICA IDENTITY FULL the key is the whole row. A pack entry holds a key of at
+    most 64 kB; long keys are filed under their 33-byte digest (0xc1 + SHA-256), so a bulk
+    transaction with an 80 kB row is packed like any other (it used to fail its commit)."""
     conn.execute("SET driftdb.pack_min_events = 10")
     conn.execute("CREATE TABLE wide (a int, b text) USING driftdb")
     conn.execute("ALTER TABLE wide REPLICA IDENTITY FULL")
-    big = "ab" * 40_000  # 80 kB raw; compressed, it fits driftdb.events' key index
+    big = "ab" * 40_000  # 80 kB
     with conn.transaction():
         conn.execute("INSERT INTO wide SELECT g, 'small' FROM generate_series(1, 30) g")
         conn.execute("INSERT INTO wide VALUES (31, %s)", (big,))
-    packed = conn.execute("SELECT count(*) FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'wide'::regclass").fetchone()[0]
-    assert packed == 0
-    assert event_count(conn, "wide") == 31
-    # the next bulk transaction without the long row is packed as usual
-    conn.execute("INSERT INTO wide SELECT g, 'later' FROM generate_series(100, 140) g")
-    assert conn.execute("SELECT sum(nevents) FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'wide'::regclass").fetchone()[0] == 41
     s = current_seq(conn)
+    packs = conn.execute("SELECT data FROM driftdb.packs p JOIN driftdb.tables t USING (table_id) WHERE t.relid = 'wide'::regclass").fetchall()
+    keys = [e[2] for (data,) in packs for e in unpack(bytes(data))]
+    assert len(keys) == 31 and event_count(conn, "wide") == 31
+    assert as_key((31, big)) in keys and len(as_key((31, big))) == 33 and as_key((1, "small")) in keys
+    conn.execute("DELETE FROM wide WHERE a = 31")
     got = _rows(conn, "SELECT a, length(b), md5(b) FROM driftdb.as_of(NULL::wide, %s::bigint)", (s,))
-    assert got == _rows(conn, "SELECT a, length(b), md5(b) FROM wide")
-    assert (31, len(big)) in [(a, n) for a, n, _ in got]
+    assert (31, len(big)) in [(a, n) for a, n, _ in got] and len(got) == 31
+    assert _rows(conn, "SELECT a FROM driftdb.as_of(NULL::wide, %s::bigint)", (current_seq(conn),)) == [(i,) for i in range(1, 31)]
     assert_verified(conn, "wide")
 
 
