@@ -15,7 +15,7 @@ use std::hash::BuildHasherDefault;
 
 use driftdb_core::net::FxHasher;
 use driftdb_core::{Row, Value};
-use pgrx::pg_sys;
+use pgrx::{pg_guard, pg_sys};
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -48,6 +48,7 @@ thread_local! {
     // looked up once per encoded datum (a bulk load's commit does it millions of times): a
     // cheap hash of the OID, and Kind is Copy
     static TYPE_CACHE: RefCell<HashMap<pg_sys::Oid, Kind, BuildHasherDefault<FxHasher>>> = RefCell::new(HashMap::default());
+    static TYPE_CACHE_STALE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Kind {
@@ -57,7 +58,30 @@ impl Kind {
     }
 }
 
+/// Forget every type's kind whenever pg_type changes (a type dropped and its OID reused would
+/// otherwise keep the old type's kind). Registered once, from `_PG_init`.
+pub fn register_type_invalidation() {
+    // SAFETY: registering a process-lifetime syscache callback from _PG_init.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::TYPEOID as i32, Some(type_changed), pg_sys::Datum::from(0usize));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn type_changed(_arg: pg_sys::Datum, _cacheid: i32, _hashvalue: u32) {
+    // Invalidations are processed between lookups, not during a borrow of the cache (kind_of
+    // borrows it only around its own get and insert); if one ever were, the cache is emptied
+    // at the next lookup instead.
+    TYPE_CACHE.with(|c| match c.try_borrow_mut() {
+        Ok(mut m) => m.clear(),
+        Err(_) => TYPE_CACHE_STALE.with(|s| s.set(true)),
+    });
+}
+
 fn kind_of(typid: pg_sys::Oid) -> Kind {
+    if TYPE_CACHE_STALE.with(|s| s.replace(false)) {
+        TYPE_CACHE.with(|c| c.borrow_mut().clear());
+    }
     if let Some(k) = TYPE_CACHE.with(|c| c.borrow().get(&typid).copied()) {
         return k;
     }
@@ -423,6 +447,23 @@ mod tests {
             // SAFETY: the datum comes from SPI with its own type OID.
             unsafe { super::datum_to_value(d.expect("not null"), typid) }
         })
+    }
+
+    #[pg_test]
+    fn type_kinds_are_forgotten_when_pg_type_changes() {
+        let len = || super::TYPE_CACHE.with(|c| c.borrow().len());
+        Spi::run("CREATE DOMAIN kind_probe AS int4").unwrap();
+        let probe = Spi::get_one::<pg_sys::Oid>("SELECT 'kind_probe'::regtype::oid").unwrap().unwrap();
+        assert!(matches!(super::kind_of(probe), super::Kind::Int4));
+        assert!(len() > 0);
+        // any pg_type change (here a new type) empties the cache at the next command
+        Spi::run("CREATE TYPE kind_probe_2 AS (a int)").unwrap();
+        assert_eq!(len(), 0);
+        // a dropped type's OID is not trusted any more: a new lookup computes it afresh
+        Spi::run("DROP DOMAIN kind_probe").unwrap();
+        assert_eq!(len(), 0);
+        assert!(matches!(super::kind_of(pg_sys::INT4OID), super::Kind::Int4));
+        assert_eq!(len(), 1);
     }
 
     #[pg_test]

@@ -38,4 +38,5 @@ pub fn init() {
     );
     packs::init();
     commit::register_callbacks();
+    codec::register_type_invalidation();
 }
