@@ -110,10 +110,20 @@ def test_long_keys_are_filed_under_their_digest(conn):
     assert mp_key(1, big[1]) in keys and mp_key(1, big[1])[0] == 0xC1 and len(mp_key(1, big[1])) == 33
     assert mp_key(3, "narrow") in keys and mp_key(3, "narrow")[0] != 0xC1
     assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] > 0
-    for seq, want in states:
-        got = conn.execute("SELECT a, b FROM driftdb.as_of(NULL::wide, %s::bigint)", (seq,)).fetchall()
-        assert sorted(got) == sorted(want.values()), f"AS OF {seq}"
-    assert_verified(conn, "wide")
+    def check_as_of(label):
+        for seq, want in states:
+            got = conn.execute("SELECT a, b FROM driftdb.as_of(NULL::wide, %s::bigint)", (seq,)).fetchall()
+            assert sorted(got) == sorted(want.values()), f"AS OF {seq} ({label})"
+        assert_verified(conn, "wide")
+
+    check_as_of("event rows and packs")
+    # compacted into segments, whose entries are filed under the same digests (the frames'
+    # key fields, which hold the values, are then stored apart from the entry key)
+    compacted = conn.execute("SELECT events FROM driftdb.compact('wide', '0s')").fetchone()[0]
+    assert compacted == event_count(conn, "wide") + compacted and compacted > 0
+    check_as_of("segments")
+    commit(("UPDATE wide SET b = %s WHERE a = 11", (big[5],)))
+    check_as_of("segments and a later event")
 
     # a primary key longer than 1 kB: lookups, updates, deletes and erasure find it by digest
     conn.execute("CREATE TABLE lk (k text PRIMARY KEY, v int) USING driftdb")
@@ -128,6 +138,8 @@ def test_long_keys_are_filed_under_their_digest(conn):
         assert conn.execute(q, (seq, long_k)).fetchall() == [(v,)]
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + q, (seq, long_k)))
         assert "History Lookup: identity key" in plan and "full state" not in plan, plan
+    vq = "SELECT v.seq_start, (v.data).v FROM driftdb.versions(NULL::lk) v WHERE (v.data).k = %s ORDER BY 1"
+    assert conn.execute(vq, (long_k,)).fetchall() == [(s1, 1), (s2, 10)]
     conn.execute("DELETE FROM lk WHERE k = %s", (long_k,))
     removed = conn.execute("SELECT events_removed FROM driftdb.erase('lk', %s)", (long_k,)).fetchone()[0]
     assert removed == 3
