@@ -277,13 +277,24 @@ pub const LONG_KEY_MARK: u8 = 0xc1;
 /// which is all packs, segments and equality lookups need (range lookups are for integer keys
 /// only). The event's frame keeps the key's values: only where a key is filed changes.
 pub fn fold_long_key(encoded: &mut Vec<u8>) {
-    if encoded.len() > LONG_KEY_BYTES {
-        let digest = crate::segment::sha256(encoded);
+    if let Some(digest) = long_key_digest(encoded) {
         encoded.clear();
-        encoded.push(LONG_KEY_MARK);
         encoded.extend_from_slice(&digest);
     }
 }
+
+/// The digest an encoded key is filed under (`fold_long_key`), or None if it is filed as it is.
+pub fn long_key_digest(encoded: &[u8]) -> Option<[u8; 33]> {
+    if encoded.len() <= LONG_KEY_BYTES {
+        return None;
+    }
+    let mut digest = [LONG_KEY_MARK; 33];
+    digest[1..].copy_from_slice(&crate::segment::sha256(encoded));
+    Some(digest)
+}
+
+// a filed key always fits a pack entry, whose key length is a u16
+const _: () = assert!(LONG_KEY_BYTES <= u16::MAX as usize);
 
 /// Byte ranges (inclusive) of `encode_key` images that together hold the key of every
 /// one-integer identity `k` with `lo <= k <= hi`, in the order bytea (and `[u8]`) compares.

@@ -19,7 +19,7 @@ use std::hash::BuildHasherDefault;
 use std::ffi::{c_void, CStr};
 
 use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
-use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail, encode_row_event_tail, fold_long_key, LONG_KEY_BYTES};
+use driftdb_core::frame::{encode_event_tail, encode_frame_from_tail, encode_row_event_tail, long_key_digest};
 use driftdb_core::{Endpoint, Event, Op, Row, TableChanges, Value};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -237,6 +237,15 @@ impl Pending {
         self.items.push(Encoded { op: event.op, key, old_key, tail: start..self.bytes.len() });
     }
 
+    /// Append the bytes a key `write_key` encoded is filed under (as `encode_key` files it:
+    /// a long one under its digest); their range.
+    fn put_key(&mut self, key: &[u8]) -> std::ops::Range<usize> {
+        match long_key_digest(key) {
+            Some(digest) => self.put(&digest),
+            None => self.put(key),
+        }
+    }
+
     /// Append `b` to the bytes; its range.
     fn put(&mut self, b: &[u8]) -> std::ops::Range<usize> {
         let start = self.bytes.len();
@@ -290,8 +299,8 @@ impl Pending {
         let old_key_bytes = key_moved.then_some(&d.old_key[..]);
         // the frame carries the key's values; the index copies are filed as encode_key files
         // them (a long key under its digest)
-        let key = key_bytes.map(|k| self.put(filed_key(k, &mut d.filed)));
-        let old_key = old_key_bytes.map(|k| self.put(filed_key(k, &mut d.filed)));
+        let key = key_bytes.map(|k| self.put_key(k));
+        let old_key = old_key_bytes.map(|k| self.put_key(k));
         let tail = self.bytes.len();
         let rows = (orig.map(|_| &d.old[..]), cur.map(|_| &d.new[..]));
         encode_row_event_tail([key_bytes, old_key_bytes, rows.0, rows.1], &mut self.bytes);
@@ -320,20 +329,6 @@ struct DirectScratch {
     new_cols: codec::TupleScratch,
     key: Vec<u8>,
     old_key: Vec<u8>,
-    /// A long key's digest (`filed_key`).
-    filed: Vec<u8>,
-}
-
-/// The bytes a key encoded by `write_key` is filed under: itself, or the digest of a long one
-/// (`driftdb_core::frame::fold_long_key`, as `encode_key` does).
-fn filed_key<'a>(key: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
-    if key.len() <= LONG_KEY_BYTES {
-        return key;
-    }
-    scratch.clear();
-    scratch.extend_from_slice(key);
-    fold_long_key(scratch);
-    scratch
 }
 
 /// Append the key of a row `codec::write_tuple` wrote (`row`, its columns in `cols`): the
@@ -751,12 +746,7 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
             let span = &mut items[start..end];
             start = end;
             let keyed = span.iter().filter(|it| it.key.is_some()).count();
-            // (a pack entry's key takes at most 64 kB; keys are filed in at most 1 kB, longer
-            // ones under their digest, so this only guards the format's limit)
-            let packable = span.iter().all(|it| {
-                it.old_key.is_none()
-                    && it.key.as_ref().map_or(matches!(it.op, Op::Truncate | Op::Schema), |k| k.len() <= u16::MAX as usize)
-            });
+            let packable = span.iter().all(|it| it.old_key.is_none() && (it.key.is_some() || matches!(it.op, Op::Truncate | Op::Schema)));
             if !packable || !packs::wanted(keyed) {
                 return false;
             }
