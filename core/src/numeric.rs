@@ -23,68 +23,85 @@
 /// The text of a numeric whose varlena payload (without the varlena header) is `body`, or
 /// `None` if `body` is not a well-formed numeric (the caller then asks the server).
 pub fn numeric_text(body: &[u8]) -> Option<String> {
+    let mut out = Vec::new();
+    // the text is ASCII: digits, '-', '.', or one of the special values' names
+    write_numeric_text(body, &mut out).then(|| String::from_utf8(out).expect("numeric text is ASCII"))
+}
+
+/// Append the text `numeric_text` makes of `body` to `out` (ASCII), without allocating
+/// anything else; false, with `out` as it was, if `body` is not a well-formed numeric. A bulk
+/// load's commit prints every numeric it records this way, into one reused buffer.
+pub fn write_numeric_text(body: &[u8], out: &mut Vec<u8>) -> bool {
     let word = |i: usize| body.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let header = word(0)?;
+    let Some(header) = word(0) else { return false };
     let (negative, dscale, weight, start) = match header & 0xC000 {
         0xC000 => {
-            return match header & 0xF000 {
-                0xC000 => Some("NaN".into()),
-                0xD000 => Some("Infinity".into()),
-                0xF000 => Some("-Infinity".into()),
-                _ => None,
+            let name: &[u8] = match header & 0xF000 {
+                0xC000 => b"NaN",
+                0xD000 => b"Infinity",
+                0xF000 => b"-Infinity",
+                _ => return false,
             };
+            out.extend_from_slice(name);
+            return true;
         }
         0x8000 => {
             let weight = if header & 0x0040 != 0 { (!0x003Fu16 | (header & 0x003F)) as i16 } else { (header & 0x003F) as i16 };
             (header & 0x2000 != 0, ((header & 0x1F80) >> 7) as usize, weight as i32, 2)
         }
-        sign => (sign == 0x4000, (header & 0x3FFF) as usize, word(2)? as i16 as i32, 4),
+        sign => match word(2) {
+            Some(w) => (sign == 0x4000, (header & 0x3FFF) as usize, w as i16 as i32, 4),
+            None => return false,
+        },
     };
     let rest = &body[start..];
     if rest.len() % 2 != 0 {
-        return None;
+        return false;
     }
-    let digits: Vec<u16> = rest.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect();
-    if digits.iter().any(|&d| d > 9999) {
-        return None;
+    let ndigits = rest.len() / 2;
+    let stored = |i: usize| u16::from_ne_bytes([rest[2 * i], rest[2 * i + 1]]);
+    if (0..ndigits).any(|i| stored(i) > 9999) {
+        return false;
     }
-    let digit = |i: i32| if i >= 0 && (i as usize) < digits.len() { digits[i as usize] } else { 0 };
+    let digit = |i: i32| if i >= 0 && (i as usize) < ndigits { stored(i as usize) } else { 0 };
+    let decimals = |v: u16| [v / 1000, v / 100 % 10, v / 10 % 10, v % 10].map(|x| b'0' + x as u8);
 
-    let mut out = String::with_capacity(((weight + 1).max(1) * 4) as usize + dscale + 2);
+    out.reserve(((weight + 1).max(1) * 4) as usize + dscale + 2);
     if negative {
-        out.push('-');
+        out.push(b'-');
     }
     // the integer part: digits 0..=weight, the first without its leading zeroes
     let mut d = 0;
     if weight < 0 {
         d = weight + 1;
-        out.push('0');
+        out.push(b'0');
     } else {
         while d <= weight {
-            let v = digit(d);
-            let text = [v / 1000, v / 100 % 10, v / 10 % 10, v % 10];
-            let skip = if d == 0 { text.iter().take(3).take_while(|&&x| x == 0).count() } else { 0 };
-            out.extend(text[skip..].iter().map(|&x| (b'0' + x as u8) as char));
+            let text = decimals(digit(d));
+            let skip = if d == 0 { text.iter().take(3).take_while(|&&x| x == b'0').count() } else { 0 };
+            out.extend_from_slice(&text[skip..]);
             d += 1;
         }
     }
-    // the fraction: dscale decimal digits, from digit weight + 1 on
+    // the fraction: dscale decimal digits, from digit weight + 1 on (the last base-10000
+    // digit cut to what the scale leaves)
     if dscale > 0 {
-        out.push('.');
-        let mut frac = String::with_capacity(dscale + 4);
-        while frac.len() < dscale {
-            let v = digit(d);
-            frac.extend([v / 1000, v / 100 % 10, v / 10 % 10, v % 10].iter().map(|&x| (b'0' + x as u8) as char));
+        out.push(b'.');
+        let mut left = dscale;
+        while left > 0 {
+            let text = decimals(digit(d));
+            let n = left.min(4);
+            out.extend_from_slice(&text[..n]);
+            left -= n;
             d += 1;
         }
-        out.push_str(&frac[..dscale]);
     }
-    Some(out)
+    true
 }
 
 #[cfg(test)]
 mod tests {
-    use super::numeric_text;
+    use super::{numeric_text, write_numeric_text};
 
     fn long(negative: bool, dscale: u16, weight: i16, digits: &[u16]) -> Vec<u8> {
         let mut b = ((if negative { 0x4000 } else { 0 }) | dscale).to_ne_bytes().to_vec();
@@ -130,5 +147,17 @@ mod tests {
         let mut odd = long(false, 0, 0, &[1]);
         odd.push(0);
         assert_eq!(numeric_text(&odd), None);
+    }
+
+    #[test]
+    fn writes_after_what_the_buffer_holds_and_leaves_it_alone_when_malformed() {
+        let mut out = b"x".to_vec();
+        assert!(write_numeric_text(&long(true, 6, -1, &[1234, 5678]), &mut out));
+        assert!(write_numeric_text(&0xD000u16.to_ne_bytes(), &mut out));
+        assert_eq!(out, b"x-0.123456Infinity");
+        for bad in [&long(false, 0, 0, &[10000])[..], &[0, 0, 0], &0xE000u16.to_ne_bytes()] {
+            assert!(!write_numeric_text(bad, &mut out));
+            assert_eq!(out, b"x-0.123456Infinity");
+        }
     }
 }

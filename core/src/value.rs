@@ -279,6 +279,17 @@ impl Hash for Value {
 // Serialization
 // ---------------------------------------------------------------------------------------------
 
+/// Append the MessagePack `Value::Numeric` of this numeric text (ASCII, as `numeric_out`
+/// prints it): for writers that print a numeric without making a Value of it.
+pub fn write_numeric_msgpack(buf: &mut Vec<u8>, text: &[u8]) {
+    use rmp::encode as e;
+    // writes into a Vec cannot fail
+    e::write_array_len(buf, 2).unwrap();
+    e::write_uint(buf, TAG_NUMERIC as u64).unwrap();
+    e::write_str_len(buf, text.len() as u32).unwrap();
+    buf.extend_from_slice(text);
+}
+
 impl Value {
     /// Appends this value's MessagePack to `buf`: the same bytes as its `Serialize` through
     /// rmp_serde (checked by the tests below), written directly. The commit path encodes every
@@ -299,10 +310,7 @@ impl Value {
             Value::Float(f) => e::write_f64(buf, *f).unwrap(),
             Value::Text(t) => e::write_str(buf, t).unwrap(),
             Value::Bytes(b) => e::write_bin(buf, b).unwrap(),
-            Value::Numeric(n) => {
-                tag(buf, 2, TAG_NUMERIC);
-                e::write_str(buf, n).unwrap();
-            }
+            Value::Numeric(n) => write_numeric_msgpack(buf, n.as_bytes()),
             Value::Date(d) => {
                 tag(buf, 2, TAG_DATE);
                 e::write_sint(buf, *d as i64).unwrap();

@@ -307,11 +307,12 @@ pub unsafe fn row_from_heap_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::Hea
 
 /// Append the MessagePack of one non-null datum of a type of this kind: the bytes its
 /// `datum_to_value`'s `write_msgpack` makes, without a Value for text and bytea (which would
-/// copy them); every other kind goes through its Value. `utf8`: the database encoding is UTF-8.
+/// copy them) or numeric (printed into `text`, a reused buffer); every other kind goes through
+/// its Value. `utf8`: the database encoding is UTF-8.
 ///
 /// # Safety
 /// As `datum_to_value`, with `kind` the kind of its type.
-unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8>) {
+unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8>, text: &mut Vec<u8>) {
     use rmp::encode as e;
     // writes into a Vec cannot fail
     match kind {
@@ -321,6 +322,14 @@ unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8
             buf.extend_from_slice(bytes);
         }
         Kind::Bytea => e::write_bin(buf, varlena_bytes(d)).unwrap(),
+        Kind::Numeric => {
+            text.clear();
+            if driftdb_core::numeric::write_numeric_text(varlena_bytes(d), text) {
+                driftdb_core::value::write_numeric_msgpack(buf, text);
+            } else {
+                value_of_kind(d, kind).write_msgpack(buf); // numeric_out's text
+            }
+        }
         _ => value_of_kind(d, kind).write_msgpack(buf),
     }
 }
@@ -334,6 +343,8 @@ pub struct TupleScratch {
     utf8: bool,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
+    /// A numeric's text, printed before it is written.
+    text: Vec<u8>,
     /// (attnum, start, end) of each column's value in the bytes `write_tuple` wrote, by attnum.
     pub cols: Vec<(u16, usize, usize)>,
 }
@@ -367,7 +378,7 @@ pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, 
         if scratch.nulls[i] {
             rmp::encode::write_nil(buf).unwrap();
         } else {
-            write_datum(scratch.values[i], scratch.kinds[i], scratch.utf8, buf);
+            write_datum(scratch.values[i], scratch.kinds[i], scratch.utf8, buf, &mut scratch.text);
         }
         scratch.cols.push(((i + 1) as u16, start, buf.len()));
     }
