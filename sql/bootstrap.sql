@@ -87,6 +87,9 @@ CREATE TABLE driftdb.packs (
     PRIMARY KEY (table_id, seq, ord)
 ) USING heap;
 CREATE INDEX packs_key ON driftdb.packs (table_id, seq, key_lo);
+-- a row may fill a page before its values are moved out of line: the writer sizes packs by
+-- this target (about 11 kB of events, compressed to one pack per page; history/packs.rs)
+ALTER TABLE driftdb.packs SET (toast_tuple_target = 8160);
 -- packs are a few kilobytes of MessagePack: lz4 (where the server has it) keeps them inline
 DO $$
 BEGIN

@@ -205,6 +205,11 @@ impl BatchWriter {
         BatchWriter { w, direct: rows < DIRECT_ROWS || !plain, cxt: std::ptr::null_mut(), slots: Vec::new(), used: 0, bytes: 0 }
     }
 
+    /// The open relation rows are written to.
+    pub fn rel(&self) -> pg_sys::Relation {
+        self.w.rel
+    }
+
     /// The tuple's bytes to come: build datums for `push` in this context (they are copied
     /// into the tuple and freed with the batch).
     pub fn context(&mut self) -> pg_sys::MemoryContext {

@@ -17,8 +17,14 @@ from history_model import as_key, assert_verified, current_seq, event_count, eve
 COLS = "id, v, n, note"
 
 
-def _setup(conn, min_events=40, table="t", identity=""):
+def _setup(conn, min_events=40, table="t", identity="", pack_target=2032):
+    """A driftdb table, and packs for transactions of `min_events` changes. The writer sizes
+    packs by driftdb.packs' toast_tuple_target: at 2032 (PostgreSQL's default) they are about
+    2.8 kB, so that these small transactions span many packs; None keeps driftdb's (8160,
+    about 11 kB)."""
     conn.execute(f"SET driftdb.pack_min_events = {min_events}")
+    if pack_target is not None:
+        conn.execute(f"ALTER TABLE driftdb.packs SET (toast_tuple_target = {pack_target})")
     conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text NOT NULL, n numeric(10,2), note text) USING driftdb")
     if identity:
         conn.execute(f"ALTER TABLE {table} REPLICA IDENTITY {identity}")
@@ -233,7 +239,7 @@ def test_identity_full_wide_rows_are_packed_under_their_key_digest(conn):
 
 
 def test_copy_from_stdin_is_packed_and_exact(conn):
-    _setup(conn, min_events=1000)
+    _setup(conn, min_events=1000, pack_target=None)
     with conn.cursor().copy("COPY t (id, v, n, note) FROM STDIN") as cp:
         for i in range(1, 3001):
             cp.write_row((i, f"row {i}", i / 4, None if i % 5 else "five"))
@@ -251,7 +257,14 @@ def test_copy_from_stdin_is_packed_and_exact(conn):
         assert len(es) == n and es[0][2] == bytes(lo) and es[-1][2] == bytes(hi) and es[0][0] == ord_
         assert prev_hi is None or bytes(lo) > prev_hi
         prev_hi = bytes(hi)
-    assert conn.execute("SELECT max(pg_column_size(data)) FROM driftdb.packs").fetchone()[0] < 2000
+    # compressed, and inline: nothing went to the packs table's TOAST relation
+    stored, raw = conn.execute("SELECT sum(pg_column_size(data)), sum(octet_length(data)) FROM driftdb.packs").fetchone()
+    assert stored < raw
+    toast = conn.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'driftdb.packs'::regclass").fetchone()[0]
+    assert conn.execute(f"SELECT count(*) FROM {toast}").fetchone() == (0,)
+    # sized by the table's toast_tuple_target (8160): about 11 kB of events a pack
+    assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'driftdb.packs'::regclass").fetchone()[0] == ["toast_tuple_target=8160"]
+    assert 8000 < max(len(bytes(p[4])) for p in packs) <= 11220 + 1024
     assert_verified(conn, "t")
 
 

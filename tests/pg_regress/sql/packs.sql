@@ -13,9 +13,11 @@ UPDATE stock SET sku = sku + 1000 WHERE sku BETWEEN 451 AND 600;               -
 
 -- where the history went: packs for the bulk transactions, event rows for the others
 SELECT p.seq - :s0 AS seq, count(*) AS packs, sum(nevents) AS events, sum(nversions) AS versions,
-       bool_and(pg_column_size(data) < 2000) AS inline
+       bool_and(pg_column_size(data) < octet_length(data)) AS compressed
   FROM driftdb.packs p JOIN driftdb.tables t USING (table_id)
  WHERE t.relid = 'stock'::regclass GROUP BY p.seq ORDER BY 1;
+-- packs of about 11 kB (driftdb.packs' toast_tuple_target), kept inline: nothing in its TOAST table
+SELECT pg_relation_size(reltoastrelid) AS toasted_bytes FROM pg_class WHERE oid = 'driftdb.packs'::regclass;
 SELECT e.seq - :s0 AS seq, e.op, count(*)
   FROM driftdb.events e JOIN driftdb.tables t USING (table_id)
  WHERE t.relid = 'stock'::regclass GROUP BY 1, 2 ORDER BY 1, 2;
