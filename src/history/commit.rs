@@ -270,7 +270,6 @@ struct Pending {
 }
 
 impl Pending {
-
     fn push(&mut self, event: &Event, keys: EventKeys) {
         let start = self.bytes.len();
         let key = keys.key.as_deref().map(|k| self.put(k).len());
