@@ -240,7 +240,8 @@ impl Encoded {
         Encoded { start: start as u64, key_len: len(key_len), old_key_len: len(old_key_len), tail_len, op }
     }
 
-    fn len(n: u32) -> usize {
+    /// The bytes a key of this length takes (none: 0).
+    fn key_bytes(n: u32) -> usize {
         if n == Self::NONE { 0 } else { n as usize }
     }
 
@@ -250,12 +251,12 @@ impl Encoded {
     }
 
     fn old_key(&self) -> Option<std::ops::Range<usize>> {
-        let s = self.start as usize + Self::len(self.key_len);
+        let s = self.start as usize + Self::key_bytes(self.key_len);
         (self.old_key_len != Self::NONE).then(|| s..s + self.old_key_len as usize)
     }
 
     fn tail(&self) -> std::ops::Range<usize> {
-        let s = self.start as usize + Self::len(self.key_len) + Self::len(self.old_key_len);
+        let s = self.start as usize + Self::key_bytes(self.key_len) + Self::key_bytes(self.old_key_len);
         s..s + self.tail_len as usize
     }
 }
@@ -808,8 +809,8 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
         .map(|&(_, end)| {
             let span = &mut items[start..end];
             start = end;
-            let keyed = span.iter().filter(|it| it.key_len != Encoded::NONE).count();
-            let packable = span.iter().all(|it| it.old_key_len == Encoded::NONE && (it.key_len != Encoded::NONE || matches!(it.op, Op::Truncate | Op::Schema)));
+            let keyed = span.iter().filter(|it| it.key().is_some()).count();
+            let packable = span.iter().all(|it| it.old_key().is_none() && (it.key().is_some() || matches!(it.op, Op::Truncate | Op::Schema)));
             if !packable || !packs::wanted(keyed) {
                 return false;
             }
@@ -887,7 +888,7 @@ unsafe fn flush() {
     // the rows go out in batches (heap_multi_insert, then their index entries); a bulk
     // table's row events go into packs instead (history/packs.rs)
     let (packed, npacked) = choose_packs(&mut pending);
-    let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key_len != Encoded::NONE).count();
+    let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key().is_some()).count();
     let mut w = BatchWriter::open(cat.events, rows);
     let mut pw: Option<PackWriter> = None;
     let mut pw_table: Option<usize> = None;
