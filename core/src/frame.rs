@@ -54,6 +54,8 @@ pub enum FrameError {
     TrailingBytes { trailing: usize },
     #[error("a key longer than {LONG_KEY_BYTES} bytes is filed under its digest, which cannot be decoded")]
     DigestKey,
+    #[error("payload does not start with an event's commit fields in their shortest form")]
+    Prefix,
 }
 
 fn frame_crc(version: u8, flags: u8, len_le: [u8; 4], payload: &[u8]) -> u32 {
@@ -152,6 +154,45 @@ pub fn encode_frame_from_tail(seq: u64, committed_at: i64, table_id: u32, op: Op
     rmp::encode::write_uint(buf, op.as_u8() as u64).unwrap();
     buf.extend_from_slice(tail);
     seal_frame(buf);
+}
+
+/// A frame taken apart as `encode_frame_from_tail` put it together: its commit fields and
+/// the tail (`encode_event_tail`'s bytes) they were written before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameParts<'a> {
+    pub seq: u64,
+    pub committed_at: i64,
+    pub table_id: u32,
+    pub op: Op,
+    pub tail: &'a [u8],
+}
+
+/// Check a frame (as `check_frame`) and take it apart; `encode_frame_from_tail` of the parts
+/// makes exactly `frame` again. A payload whose first four fields are not an event's commit
+/// fields in the shortest MessagePack form (the only form driftdb writes) is refused, so that
+/// the round trip is exact.
+pub fn split_frame(frame: &[u8]) -> Result<FrameParts<'_>, FrameError> {
+    let payload = checked_payload(frame)?;
+    let (&first, mut rd) = payload.split_first().ok_or(FrameError::Prefix)?;
+    if first != 0x99 {
+        return Err(FrameError::Prefix);
+    }
+    let seq: u64 = rmp::decode::read_int(&mut rd).map_err(|_| FrameError::Prefix)?;
+    let committed_at: i64 = rmp::decode::read_int(&mut rd).map_err(|_| FrameError::Prefix)?;
+    let table_id: u32 = rmp::decode::read_int(&mut rd).map_err(|_| FrameError::Prefix)?;
+    let op: u8 = rmp::decode::read_int(&mut rd).map_err(|_| FrameError::Prefix)?;
+    let op = Op::from_u8(op).ok_or(FrameError::Prefix)?;
+    let tail = rd;
+    let mut canonical = Vec::with_capacity(32);
+    canonical.push(0x99);
+    rmp::encode::write_uint(&mut canonical, seq).unwrap();
+    rmp::encode::write_sint(&mut canonical, committed_at).unwrap();
+    rmp::encode::write_uint(&mut canonical, table_id as u64).unwrap();
+    rmp::encode::write_uint(&mut canonical, op.as_u8() as u64).unwrap();
+    if canonical[..] != payload[..payload.len() - tail.len()] {
+        return Err(FrameError::Prefix);
+    }
+    Ok(FrameParts { seq, committed_at, table_id, op, tail })
 }
 
 /// Fills in the header of `buf`: a frame whose payload, from `HEADER_LEN` on, is already in
@@ -483,8 +524,37 @@ mod tests {
                 encode_event_tail(&e, &mut tail);
                 encode_frame_from_tail(seq, ts, table_id, e.op, &tail, &mut frame);
                 assert_eq!(frame, encode_frame(&e), "{e:?}");
+                // and split_frame takes it apart again (event packs store tails)
+                let parts = split_frame(&frame).unwrap();
+                assert_eq!(parts, FrameParts { seq, committed_at: ts, table_id, op: e.op, tail: &tail });
             }
         }
+    }
+
+    /// split_frame refuses what it cannot give back byte for byte: commit fields in a longer
+    /// MessagePack form than the shortest, a payload that is not a 9-element array, a bad op.
+    #[test]
+    fn split_frame_refuses_what_it_cannot_rebuild() {
+        let seal = |payload: &[u8]| {
+            let mut f = vec![0; HEADER_LEN];
+            f.extend_from_slice(payload);
+            seal_frame(&mut f);
+            f
+        };
+        let tail = [0xc0u8; 5];
+        let ok = seal(&[&[0x99, 0x05, 0x07, 0x01, 0x00][..], &tail].concat());
+        assert_eq!(split_frame(&ok).unwrap().tail, &tail);
+        // seq 5 as a uint8 (0xcc 0x05): a valid MessagePack integer, not the shortest form
+        let long = seal(&[&[0x99, 0xcc, 0x05, 0x07, 0x01, 0x00][..], &tail].concat());
+        assert!(matches!(split_frame(&long), Err(FrameError::Prefix)));
+        let not_array = seal(&[&[0x98, 0x05, 0x07, 0x01, 0x00][..], &tail].concat());
+        assert!(matches!(split_frame(&not_array), Err(FrameError::Prefix)));
+        let bad_op = seal(&[&[0x99, 0x05, 0x07, 0x01, 0x09][..], &tail].concat());
+        assert!(matches!(split_frame(&bad_op), Err(FrameError::Prefix)));
+        assert!(matches!(split_frame(&seal(&[0x99, 0x05])), Err(FrameError::Prefix)));
+        let mut flipped = ok.clone();
+        flipped[HEADER_LEN + 1] ^= 1;
+        assert!(matches!(split_frame(&flipped), Err(FrameError::CrcMismatch { .. })));
     }
 
     /// encode_row_event_tail of a row event's encoded fields is encode_event_tail's tail.

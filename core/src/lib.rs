@@ -30,10 +30,10 @@ pub mod versions;
 
 pub use event::{ColumnDef, Event, Op, SchemaChange};
 pub use frame::{
-    check_frame, decode_frame, decode_key, decode_new_image, encode_frame, encode_key, int_key_ranges, FrameError, FORMAT_VERSION,
+    check_frame, decode_frame, decode_key, decode_new_image, encode_frame, encode_key, int_key_ranges, split_frame, FrameError, FrameParts, FORMAT_VERSION,
     HEADER_LEN, MAGIC,
 };
-pub use pack::{BuiltPack, Pack, PackBuilder, PackEntry, PackError, PACK_FORMAT_VERSION, PACK_MAGIC};
+pub use pack::{BuiltPack, NewEntry, Pack, PackBuilder, PackEntry, PackError, PACK_FORMAT_V1, PACK_FORMAT_VERSION, PACK_MAGIC};
 pub use replay::{multiset_diff, ImageReplay, ReplayError, State};
 pub use row::Row;
 pub use segment::{

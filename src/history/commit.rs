@@ -908,16 +908,17 @@ unsafe fn flush() {
             Op::Truncate => b't',
             Op::Schema => b's',
         };
-        encode_frame_from_tail(seq as u64, ts, id as u32, op, &pending.bytes[item.tail()], &mut frame);
+        // a packed event is stored as its tail: the pack rebuilds its frame (driftdb_core::pack)
         if let (true, Some(key)) = (packed[run], pending.slice(&item.key())) {
             let pw = pw.get_or_insert_with(|| PackWriter::open(&cat, npacked));
             if pw_table != Some(run) {
-                pw.start(id, seq);
+                pw.start(id, seq, ts);
                 pw_table = Some(run);
             }
-            pw.push(2 * ord as i32, op_char, key, &frame);
+            pw.push(2 * ord as i32, op_char, key, &pending.bytes[item.tail()]);
             continue;
         }
+        encode_frame_from_tail(seq as u64, ts, id as u32, op, &pending.bytes[item.tail()], &mut frame);
         // An update that changed the row's identity is stored under the new key; a marker
         // row ('m', same frame) under the old key lets lookups by the old key see that the
         // row moved away at this seq. Replay skips markers.

@@ -13,7 +13,7 @@
 //! merges them in (seq, ord) order, key lookups (`reader::key_rows_desc`) merge them newest
 //! first with `events_key`, key ranges add the packs overlapping the range, and compaction,
 //! purge, erasure and DROP TABLE move or remove them like event rows.
-use driftdb_core::{BuiltPack, Pack, PackBuilder, PackEntry};
+use driftdb_core::{BuiltPack, NewEntry, Pack, PackBuilder};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -65,6 +65,7 @@ pub fn wanted(nevents: usize) -> bool {
 
 /// One `driftdb.packs` row as read.
 pub struct PackRow {
+    pub table_id: i32,
     pub seq: i64,
     pub key_lo: Vec<u8>,
     pub key_hi: Vec<u8>,
@@ -73,9 +74,20 @@ pub struct PackRow {
 }
 
 impl PackRow {
-    /// The checked pack; a damaged one is reported as corrupted history.
+    /// The checked pack; a damaged one, or one whose header names another transaction or
+    /// table than its row (its frames are rebuilt from the header), is reported as corrupted
+    /// history.
     pub fn pack(&self) -> Pack<'_> {
-        Pack::parse(&self.data).unwrap_or_else(|e| crate::timetravel::reader::corrupted(format!("event pack of seq {}: {e}", self.seq)))
+        let p = Pack::parse(&self.data).unwrap_or_else(|e| crate::timetravel::reader::corrupted(format!("event pack of seq {}: {e}", self.seq)));
+        if let Some((seq, _, table_id)) = p.commit_fields() {
+            if (seq, table_id) != (self.seq as u64, self.table_id as u32) {
+                crate::timetravel::reader::corrupted(format!(
+                    "event pack of seq {} (table id {}) says it holds seq {seq} of table id {table_id}",
+                    self.seq, self.table_id
+                ));
+            }
+        }
+        p
     }
 }
 
@@ -97,6 +109,7 @@ unsafe fn bytes_of(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, n: i32) -> Vec
 /// `tup` must be a valid `driftdb.packs` tuple of the open relation `rel`.
 unsafe fn row_of(tup: pg_sys::HeapTuple, rel: pg_sys::Relation, with_data: bool) -> PackRow {
     PackRow {
+        table_id: catalog::attr(tup, rel, 1).map_or(0, |d| d.value() as i32),
         seq: catalog::attr(tup, rel, 2).map_or(0, |d| d.value() as i64),
         key_lo: bytes_of(tup, rel, 6),
         key_hi: bytes_of(tup, rel, 7),
@@ -280,7 +293,7 @@ impl KeyCursor {
             let key = &self.key;
             overlapping(cat, self.table_id, s, key, key, |row| {
                 let p = row.pack();
-                entries.extend(p.find(key).map(|e| (e.ord, e.op, e.frame.to_vec())));
+                entries.extend(p.find(key).map(|e| (e.ord, e.op, e.frame().into_owned())));
                 false // at most one pack of a transaction can hold the key
             });
             if !entries.is_empty() {
@@ -300,7 +313,7 @@ pub fn range(cat: &Catalog, table_id: i32, lo: &[u8], hi: &[u8], hi_seq: i64, mu
         overlapping(cat, table_id, s, lo, hi, |row| {
             let p = row.pack();
             for e in p.range(lo, hi) {
-                f(e.key, s, e.op, e.frame);
+                f(e.key, s, e.op, &e.frame());
             }
             true
         });
@@ -357,15 +370,30 @@ impl PackWriter {
         PackWriter { w, b: PackBuilder::new(pack_bytes(target)), table_id: 0, seq: 0 }
     }
 
-    /// Start the packs of table `table_id` in transaction `seq` (ending the previous ones).
-    pub fn start(&mut self, table_id: i32, seq: i64) {
-        self.end();
+    /// Start the packs of table `table_id` in transaction `seq`, committed at `committed_at`
+    /// (ending the previous ones).
+    pub fn start(&mut self, table_id: i32, seq: i64, committed_at: i64) {
+        if let Some(p) = self.b.start(seq as u64, committed_at, table_id as u32) {
+            self.write(p);
+        }
         self.table_id = table_id;
         self.seq = seq;
     }
 
-    pub fn push(&mut self, ord: i32, op: u8, key: &[u8], frame: &[u8]) {
-        let built = self.b.push(PackEntry { ord, op, key, frame }).unwrap_or_else(|e| {
+    /// Add an event: its ord, op code, key and frame tail (`encode_event_tail`).
+    pub fn push(&mut self, ord: i32, op: u8, key: &[u8], tail: &[u8]) {
+        let built = self.b.push(NewEntry { ord, op, key, tail });
+        self.written(built);
+    }
+
+    /// Add an event given as its whole frame (rewriting a pack).
+    fn push_frame(&mut self, ord: i32, op: u8, key: &[u8], frame: &[u8]) {
+        let built = self.b.push_frame(ord, op, key, frame);
+        self.written(built);
+    }
+
+    fn written(&mut self, built: Result<Option<BuiltPack>, driftdb_core::PackError>) {
+        let built = built.unwrap_or_else(|e| {
             crate::error::DriftError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("driftdb could not pack the history of seq {}: {e}", self.seq))
                 .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
                 .raise()
@@ -375,15 +403,10 @@ impl PackWriter {
         }
     }
 
-    /// End the current table's packs.
-    pub fn end(&mut self) {
+    pub fn finish(mut self) {
         if let Some(p) = self.b.finish() {
             self.write(p);
         }
-    }
-
-    pub fn finish(mut self) {
-        self.end();
         let PackWriter { w, .. } = self;
         w.finish();
     }
@@ -419,7 +442,7 @@ pub fn remove(cat: &Catalog, table_id: i32, lo: i64, hi: i64, drop: &dyn Fn(i64,
     for s in seqs(cat, table_id, lo, hi, catalog::snapshot_self()) {
         for_seq(cat, table_id, s, catalog::snapshot_self(), pg_sys::RowExclusiveLock, |row| {
             let p = row.pack();
-            let keep: Vec<_> = p.entries().filter(|e| !drop(s, e.ord, e.op, Some(e.key))).map(|e| (e.ord, e.op, e.key.to_vec(), e.frame.to_vec())).collect();
+            let keep: Vec<_> = p.entries().filter(|e| !drop(s, e.ord, e.op, Some(e.key))).map(|e| (e.ord, e.op, e.key.to_vec(), e.frame().into_owned())).collect();
             if keep.len() < p.len() {
                 removed += (p.len() - keep.len()) as i64;
                 gone.push(row.tid);
@@ -433,12 +456,14 @@ pub fn remove(cat: &Catalog, table_id: i32, lo: i64, hi: i64, drop: &dyn Fn(i64,
     delete(cat, &mut gone);
     if !rewrite.is_empty() {
         let mut w = PackWriter::open(cat, rewrite.iter().map(|r| r.1.len()).sum());
+        w.b = PackBuilder::new(usize::MAX);
         for (s, keep) in rewrite {
-            // one new pack per old one: the kept entries stay in their key range
-            w.start(table_id, s);
-            w.b = PackBuilder::new(usize::MAX);
+            // one new pack per old one: the kept entries stay in their key range; written in
+            // the current format whatever the old one's (the frames carry the commit time)
+            let committed_at = keep.first().and_then(|e| driftdb_core::split_frame(&e.3).ok()).map_or(0, |f| f.committed_at);
+            w.start(table_id, s, committed_at);
             for (ord, op, key, frame) in &keep {
-                w.push(*ord, *op, key, frame);
+                w.push_frame(*ord, *op, key, frame);
             }
         }
         w.finish();

@@ -130,7 +130,7 @@ pub fn compact_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, min_events:
     let add_packs = |s: i64, chunk: &mut Vec<SegmentEntry>, pack_tids: &mut Vec<pg_sys::ItemPointerData>| {
         packs::for_seq(cat, table_id, s, catalog::snapshot_self(), pg_sys::AccessShareLock, |row| {
             let p = row.pack();
-            chunk.extend(p.entries().map(|e| SegmentEntry { seq: s, ord: e.ord, op: e.op, key: e.key.to_vec(), frame: e.frame.to_vec() }));
+            chunk.extend(p.entries().map(|e| SegmentEntry { seq: s, ord: e.ord, op: e.op, key: e.key.to_vec(), frame: e.frame().into_owned() }));
             pack_tids.push(row.tid);
             true
         });

@@ -370,7 +370,7 @@ pub fn for_each_event(
                     segs.advance();
                 }
                 segs.skip_equal(s, e.ord);
-                if !f(s, e.ord, e.op, Some(e.key), e.frame) {
+                if !f(s, e.ord, e.op, Some(e.key), &e.frame()) {
                     return false;
                 }
             }

@@ -124,29 +124,87 @@ def seqs(conn: psycopg.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT seq FROM driftdb.commits ORDER BY seq")]
 
 
+def _mp_uint(v: int) -> bytes:
+    """MessagePack of a non-negative integer in its shortest form."""
+    if v < 0x80:
+        return bytes([v])
+    for marker, fmt, top in ((0xCC, ">B", 0xFF), (0xCD, ">H", 0xFFFF), (0xCE, ">I", 0xFFFFFFFF)):
+        if v <= top:
+            return bytes([marker]) + struct.pack(fmt, v)
+    return b"\xcf" + struct.pack(">Q", v)
+
+
+def _mp_int(v: int) -> bytes:
+    """MessagePack of a signed integer in its shortest form (rmp's write_sint)."""
+    if v >= 0:
+        return _mp_uint(v)
+    if v >= -32:
+        return struct.pack(">b", v)
+    for marker, fmt, low in ((0xD0, ">b", -0x80), (0xD1, ">h", -0x8000), (0xD2, ">i", -0x80000000)):
+        if v >= low:
+            return bytes([marker]) + struct.pack(fmt, v)
+    return b"\xd3" + struct.pack(">q", v)
+
+
+def frame_from_tail(seq: int, committed_at: int, table_id: int, op: str, tail: bytes) -> bytes:
+    """The DriftDB frame of an event stored as its tail (docs/architecture.md, "DriftDB frame"):
+    header "DF", version 1, flags 0, CRC-32 over version, flags, length and payload, length,
+    then the payload: a 9-element array whose first four elements are seq, commit time, table
+    id and op code, and whose other five are the tail."""
+    import zlib
+
+    payload = b"\x99" + _mp_uint(seq) + _mp_int(committed_at) + _mp_uint(table_id) + _mp_uint("iud".index(op)) + tail
+    length = struct.pack("<I", len(payload))
+    crc = zlib.crc32(bytes([1, 0]) + length + payload)
+    return b"DF\x01\x00" + struct.pack("<I", crc) + length + payload
+
+
 def unpack(data: bytes) -> list[tuple]:
     """The entries (ord, op, key, frame) of one event pack (``driftdb.packs.data``), decoded
     here from the documented layout (docs/architecture.md, "Event packs"), independently of
-    driftdb's own reader: magic "DP", version 1, count, CRC-32 over the rest, offsets, then per
-    entry ord i32, op u8, key length u16, key, frame length u32, frame (little-endian)."""
-    import struct
+    driftdb's own reader: magic "DP", version, count, CRC-32 over the rest; version 2: seq,
+    commit time, table id, offsets, then per entry ord i32, op u8, flags u8, key length u16,
+    key (unless flag 1: the tail opens with it), tail up to the next entry, from which the frame
+    is rebuilt; version 1: offsets, then per entry ord i32, op u8, key length u16, key, frame
+    length u32, frame (little-endian)."""
     import zlib
 
-    assert data[:3] == b"DP\x01", data[:3]
+    assert data[:2] == b"DP" and data[2] in (1, 2) and data[3] == 0, data[:4]
+    version = data[2]
     n, crc = struct.unpack_from("<II", data, 4)
     assert zlib.crc32(data[12:]) == crc, "pack CRC"
-    body = 12 + 4 * n
+    if version == 1:
+        header = 12
+    else:
+        header = 32
+        seq, at, table_id = struct.unpack_from("<QqI", data, 12)
+    body = header + 4 * n
+    offsets = [struct.unpack_from("<I", data, header + 4 * i)[0] for i in range(n)] + [len(data) - body]
     out = []
     for i in range(n):
-        (off,) = struct.unpack_from("<I", data, 12 + 4 * i)
-        p = body + off
-        ord_, op, klen = struct.unpack_from("<iBH", data, p)
-        p += 7
-        key = bytes(data[p:p + klen])
-        p += klen
-        (flen,) = struct.unpack_from("<I", data, p)
-        p += 4
-        out.append((ord_, chr(op), key, bytes(data[p:p + flen])))
+        p = body + offsets[i]
+        end = body + offsets[i + 1]
+        if version == 1:
+            ord_, op, klen = struct.unpack_from("<iBH", data, p)
+            p += 7
+            key = bytes(data[p:p + klen])
+            p += klen
+            (flen,) = struct.unpack_from("<I", data, p)
+            p += 4
+            frame = bytes(data[p:p + flen])
+            assert p + flen == end, "v1 entries are contiguous"
+        else:
+            ord_, op, flags, klen = struct.unpack_from("<iBBH", data, p)
+            p += 8
+            assert flags in (0, 1), flags
+            if flags == 0:
+                key = bytes(data[p:p + klen])
+                p += klen
+            tail = bytes(data[p:end])
+            if flags == 1:
+                key = tail[:klen]
+            frame = frame_from_tail(seq, at, table_id, chr(op), tail)
+        out.append((ord_, chr(op), key, frame))
     keys = [(k, o) for o, _, k, _ in out]
     assert keys == sorted(keys), "pack entries sorted by (key, ord)"
     return out

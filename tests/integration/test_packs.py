@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from conftest import PGBIN
-from history_model import as_key, assert_verified, current_seq, event_count, events, unpack
+from history_model import as_key, assert_verified, current_seq, event_count, events, frame_from_tail, mp, unpack
 
 COLS = "id, v, n, note"
 
@@ -183,6 +183,54 @@ def test_packs_under_compaction_purge_and_erase(conn):
     assert_verified(conn, "t")
 
 
+def _as_version_1(data: bytes) -> bytes:
+    """A pack rewritten in format version 1 (sessions 7 to 10): whole frames, no commit fields
+    in the header. Built here from the documented layout."""
+    import struct
+    import zlib
+
+    body, offsets = b"", b""
+    entries = unpack(data)
+    for ord_, op, key, frame in entries:
+        offsets += struct.pack("<I", len(body))
+        body += struct.pack("<iBH", ord_, ord(op), len(key)) + key + struct.pack("<I", len(frame)) + frame
+    rest = offsets + body
+    return b"DP\x01\x00" + struct.pack("<II", len(entries), zlib.crc32(rest)) + rest
+
+
+def test_packs_written_by_earlier_builds_still_read(conn):
+    """Packs of format version 1, which sessions 7 to 10 wrote, read as before, and a purge or
+    erasure rewrites them in the current version."""
+    rnd = random.Random(11)
+    _setup(conn, min_events=20)
+    states = _workload(conn, rnd)
+    packs = conn.execute("SELECT table_id, seq, ord, data FROM driftdb.packs").fetchall()
+    assert len(packs) > 10 and all(bytes(d)[2] == 2 for *_, d in packs), "this build writes version 2"
+    before = sorted(events(conn, "t"))
+    with conn.transaction():
+        conn.execute("SET LOCAL driftdb.restore_mode = on")
+        for table_id, seq, ord_, data in packs:
+            conn.execute("UPDATE driftdb.packs SET data = %s WHERE table_id = %s AND seq = %s AND ord = %s",
+                         (_as_version_1(bytes(data)), table_id, seq, ord_))
+    assert conn.execute("SELECT count(*) FROM driftdb.packs WHERE get_byte(data, 2) = 1").fetchone()[0] == len(packs)
+    assert sorted(events(conn, "t")) == before
+    _check_all(conn, states, rnd, "version 1 packs")
+    assert_verified(conn, "t")
+    # erasing a key rewrites the packs that held it, in version 2
+    victim = 30
+    assert victim not in states[-1][1]
+    conn.execute("SELECT * FROM driftdb.erase('t', %s)", (str(victim),))
+    rewritten = conn.execute("SELECT count(*) FROM driftdb.packs WHERE get_byte(data, 2) = 2").fetchone()[0]
+    assert 0 < rewritten < len(packs)
+    states = [(s, {k: r for k, r in m.items() if k != victim}) for s, m in states]
+    _check_all(conn, states, rnd, "version 1 packs, erased")
+    assert_verified(conn, "t")
+    conn.execute("SELECT * FROM driftdb.compact('t', '0 s')")
+    assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] == 0
+    _check_all(conn, states, rnd, "version 1 packs, compacted")
+    assert_verified(conn, "t")
+
+
 @pytest.mark.parametrize("setting,rows,packed", [(0, 500, False), (100, 99, False), (100, 100, True), (1000, 999, False)])
 def test_threshold(conn, setting, rows, packed):
     _setup(conn, min_events=setting)
@@ -265,6 +313,19 @@ def test_copy_from_stdin_is_packed_and_exact(conn):
     # sized by the table's toast_tuple_target (8160): about 11 kB of events a pack
     assert conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'driftdb.packs'::regclass").fetchone()[0] == ["toast_tuple_target=8160"]
     assert 8000 < max(len(bytes(p[4])) for p in packs) <= 11220 + 1024
+    # every packed event is the frame an events row would hold, built here from the model:
+    # [seq, commit time, table id, op, key, old key, old row, new row, schema], a row being a
+    # map of attnum to value (numeric as [6, its text])
+    table_id, at = conn.execute(
+        "SELECT t.table_id, (EXTRACT(EPOCH FROM c.committed_at) * 1000000)::bigint - 946684800000000 "
+        "FROM driftdb.tables t, driftdb.commits c WHERE t.relid = 't'::regclass AND c.seq = %s", (s,)).fetchone()
+    got = {e[2]: e[3] for (*_, data) in packs for e in unpack(bytes(data))}
+    assert len(got) == 3000
+    for i in range(1, 3001):
+        row = b"\x84" + b"".join(mp(a) + v for a, v in (
+            (1, mp(i)), (2, mp(f"row {i}")), (3, mp([6, f"{i / 4:.2f}"])), (4, mp(None if i % 5 else "five"))))
+        tail = mp([i]) + b"\xc0\xc0" + row + b"\xc0"
+        assert got[as_key(i)] == frame_from_tail(s, at, table_id, "i", tail), f"the frame of row {i}"
     assert_verified(conn, "t")
 
 

@@ -11,9 +11,11 @@ UPDATE stock SET qty = qty + 5 WHERE sku % 2 = 0;                              -
 DELETE FROM stock WHERE sku BETWEEN 401 AND 450;                               -- s0+4: 50 rows
 UPDATE stock SET sku = sku + 1000 WHERE sku BETWEEN 451 AND 600;               -- s0+5: moves keys
 
--- where the history went: packs for the bulk transactions, event rows for the others
+-- where the history went: packs for the bulk transactions, event rows for the others; a full
+-- pack is compressed, a transaction's last, partial one may be under the size PostgreSQL
+-- compresses rows from (the packs table's toast_tuple_target)
 SELECT p.seq - :s0 AS seq, count(*) AS packs, sum(nevents) AS events, sum(nversions) AS versions,
-       bool_and(pg_column_size(data) < octet_length(data)) AS compressed
+       bool_or(pg_column_size(data) < octet_length(data)) AS compressed
   FROM driftdb.packs p JOIN driftdb.tables t USING (table_id)
  WHERE t.relid = 'stock'::regclass GROUP BY p.seq ORDER BY 1;
 -- packs of about 11 kB (driftdb.packs' toast_tuple_target), kept inline: nothing in its TOAST table
