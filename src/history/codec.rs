@@ -176,8 +176,11 @@ pub unsafe fn datum_to_value(d: pg_sys::Datum, typid: pg_sys::Oid) -> Value {
 }
 
 /// `datum_to_value` with the type's kind already looked up.
-unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
-    match kind {
+/// The Value of a pass-by-value datum whose kind needs no lookup or memory (None: another
+/// kind). Inlined where a value is encoded at once, so that nothing is built or dropped.
+#[inline(always)]
+fn scalar_value(d: pg_sys::Datum, kind: Kind) -> Option<Value> {
+    Some(match kind {
         Kind::Bool => Value::Bool(d.value() != 0),
         Kind::Int2 => Value::Int(d.value() as i16 as i64),
         Kind::Int4 => Value::Int(d.value() as i32 as i64),
@@ -186,6 +189,16 @@ unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
         Kind::Char => Value::Int(d.value() as u8 as i64),
         Kind::Float4 => Value::Float(f32::from_bits(d.value() as u32) as f64),
         Kind::Float8 => Value::Float(f64::from_bits(d.value() as u64)),
+        Kind::Date => Value::Date(d.value() as i32),
+        Kind::Time => Value::Time(d.value() as i64),
+        Kind::Timestamp => Value::Timestamp(d.value() as i64),
+        Kind::TimestampTz => Value::TimestampTz(d.value() as i64),
+        _ => return None,
+    })
+}
+
+unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
+    match kind {
         Kind::Text => Value::Text(server_text(varlena_bytes(d))),
         Kind::Name => Value::Text(server_text(CStr::from_ptr(d.cast_mut_ptr::<std::ffi::c_char>()).to_bytes())),
         Kind::Bytea => Value::Bytes(varlena_bytes(d).to_vec()),
@@ -198,14 +211,10 @@ unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
                 Value::Numeric(cstring(out.cast_mut_ptr()))
             }
         },
-        Kind::Date => Value::Date(d.value() as i32),
-        Kind::Time => Value::Time(d.value() as i64),
         Kind::TimeTz => {
             let t = &*(d.cast_mut_ptr::<pg_sys::TimeTzADT>());
             Value::TimeTz(t.time, t.zone)
         }
-        Kind::Timestamp => Value::Timestamp(d.value() as i64),
-        Kind::TimestampTz => Value::TimestampTz(d.value() as i64),
         Kind::Interval => {
             let i = &*(d.cast_mut_ptr::<pg_sys::Interval>());
             Value::Interval { months: i.month, days: i.day, micros: i.time }
@@ -219,6 +228,8 @@ unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
         Kind::Array { elem, elmlen, elmbyval, elmalign } => array_value(d, elem, elmlen, elmbyval, elmalign),
         Kind::Record => record_value(d),
         Kind::Output(out) => Value::Other(cstring(pg_sys::OidOutputFunctionCall(out, d))),
+        // every other kind is a scalar
+        _ => scalar_value(d, kind).expect("a scalar kind"),
     }
 }
 
@@ -330,7 +341,10 @@ unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8
                 value_of_kind(d, kind).write_msgpack(buf); // numeric_out's text
             }
         }
-        _ => value_of_kind(d, kind).write_msgpack(buf),
+        _ => match scalar_value(d, kind) {
+            Some(v) => v.write_msgpack(buf),
+            None => value_of_kind(d, kind).write_msgpack(buf),
+        },
     }
 }
 
