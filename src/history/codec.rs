@@ -175,7 +175,6 @@ pub unsafe fn datum_to_value(d: pg_sys::Datum, typid: pg_sys::Oid) -> Value {
     value_of_kind(d, kind_of(typid))
 }
 
-/// `datum_to_value` with the type's kind already looked up.
 /// The Value of a pass-by-value datum whose kind needs no lookup or memory (None: another
 /// kind). Inlined where a value is encoded at once, so that nothing is built or dropped.
 #[inline(always)]
@@ -197,6 +196,7 @@ fn scalar_value(d: pg_sys::Datum, kind: Kind) -> Option<Value> {
     })
 }
 
+/// `datum_to_value` with the type's kind already looked up.
 unsafe fn value_of_kind(d: pg_sys::Datum, kind: Kind) -> Value {
     match kind {
         Kind::Text => Value::Text(server_text(varlena_bytes(d))),

@@ -393,10 +393,12 @@ impl PackWriter {
     }
 
     fn written(&mut self, built: Result<Option<BuiltPack>, driftdb_core::PackError>) {
-        let built = built.unwrap_or_else(|e| {
-            crate::error::DriftError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("driftdb could not pack the history of seq {}: {e}", self.seq))
+        let built = built.unwrap_or_else(|e| match e {
+            // only a rewrite passes whole frames: one that does not take apart was damaged
+            driftdb_core::PackError::Frame(_) => crate::timetravel::reader::corrupted(format!("a frame in an event pack of seq {}: {e}", self.seq)),
+            _ => crate::error::DriftError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("driftdb could not pack the history of seq {}: {e}", self.seq))
                 .hint("This is a driftdb bug; the transaction was aborted and nothing was recorded.")
-                .raise()
+                .raise(),
         });
         if let Some(p) = built {
             self.write(p);

@@ -231,6 +231,35 @@ def test_packs_written_by_earlier_builds_still_read(conn):
     assert_verified(conn, "t")
 
 
+def test_rewriting_a_version_1_pack_with_a_damaged_frame_fails_cleanly(conn):
+    """A version 1 pack keeps whole frames, each with its own CRC, under the pack's CRC. An
+    erasure that rewrites one whose frame is damaged (pack CRC intact) reports corrupted
+    history and changes nothing."""
+    import struct
+    import zlib
+
+    _setup(conn, min_events=10)
+    conn.execute("INSERT INTO t SELECT g, 'v' || g, g, NULL FROM generate_series(1, 50) g")
+    table_id, seq, ord_, data = conn.execute("SELECT table_id, seq, ord, data FROM driftdb.packs").fetchone()
+    entries = unpack(bytes(data))
+    ord0, op0, key0, frame0 = entries[0]
+    entries[0] = (ord0, op0, key0, frame0[:-1] + bytes([frame0[-1] ^ 1]))  # the frame's CRC fails
+    body, offsets = b"", b""
+    for o, op, k, f in entries:
+        offsets += struct.pack("<I", len(body))
+        body += struct.pack("<iBH", o, ord(op), len(k)) + k + struct.pack("<I", len(f)) + f
+    v1 = b"DP\x01\x00" + struct.pack("<II", len(entries), zlib.crc32(offsets + body)) + offsets + body
+    with conn.transaction():
+        conn.execute("SET LOCAL driftdb.restore_mode = on")
+        conn.execute("UPDATE driftdb.packs SET data = %s WHERE table_id = %s AND seq = %s AND ord = %s", (v1, table_id, seq, ord_))
+    conn.execute("DELETE FROM t WHERE id = 50")  # erasure takes only rows that are gone
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute("SELECT * FROM driftdb.erase('t', '50')")
+    assert e.value.sqlstate == "XX001" and "frame" in str(e.value.diag.message_detail)
+    assert conn.execute("SELECT data FROM driftdb.packs").fetchone()[0] == v1, "nothing was rewritten"
+    assert conn.execute("SELECT count(*) FROM driftdb.as_of(NULL::t, %s::bigint) WHERE id = 50", (seq,)).fetchone() == (1,)
+
+
 @pytest.mark.parametrize("setting,rows,packed", [(0, 500, False), (100, 99, False), (100, 100, True), (1000, 999, False)])
 def test_threshold(conn, setting, rows, packed):
     _setup(conn, min_events=setting)
