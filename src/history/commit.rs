@@ -796,6 +796,95 @@ unsafe fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
     }
 }
 
+/// What `stream_bulk_load` did.
+enum Streamed {
+    /// Not a load it streams; nothing drawn, nothing written.
+    No,
+    /// Every event is in packs, under this seq, time and table id.
+    Done { seq: i64, ts: i64, id: i32 },
+    /// The keys did not ascend: the seq and time are drawn, and the packs written so far
+    /// deleted; the changes go the usual way, under this seq.
+    Unsorted { seq: i64, ts: i64 },
+}
+
+/// A bulk load streamed into packs: the transaction changed one table only, by inserts only
+/// (at least `driftdb.pack_min_events` of them, rows stored in the heap), under a key whose
+/// columns are copied as stored (`codec::key_copyable`), with no TRUNCATE or schema change.
+/// Its events are all inserts, one per lineage, so the seq is drawn first; each row is then
+/// read, encoded and pushed into the packs in lineage (TID) order, which for a load of
+/// ascending keys is key order, without `Pending`, its sort, or its memory. The first key that
+/// does not ascend stops the stream: the packs written so far are deleted (they are this
+/// transaction's own rows) and the caller writes the changes the usual way.
+///
+/// # Safety
+/// Called from `flush`, in its memory context, with an active snapshot pushed.
+unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMemoryContexts) -> Streamed {
+    let relid = pg_sys::Oid::from(tc.rel);
+    let pure_inserts = || tc.lineages.iter().all(|l| matches!(l, (None, Some(Endpoint::Handle(_)))));
+    if tc.truncated || !packs::wanted(tc.lineages.len()) || !pure_inserts() || !rel_exists(relid) {
+        return Streamed::No;
+    }
+    let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+    let attnums = match identity::of(rel) {
+        Identity::Key(attnums) if codec::key_copyable((*rel).rd_att, &attnums) => attnums,
+        _ => {
+            pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+            return Streamed::No;
+        }
+    };
+    let (seq, ts) = stamp(cat);
+    let id = table_id(cat, relid, seq, false);
+    let desc = (*rel).rd_att;
+    let mut versions = VersionReader::for_versions(rel, tc.lineages.len());
+    let mut pw = PackWriter::open(cat, tc.lineages.len());
+    pw.start(id, seq, ts);
+    let mut cols = codec::TupleScratch::default();
+    // the row and its key as encoded, the key as filed (and the previous one), the frame tail
+    let (mut row, mut key, mut filed, mut prev, mut tail) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut sorted = true;
+    for (i, (_, cur)) in tc.lineages.iter().enumerate() {
+        let Some(Endpoint::Handle(h)) = cur else { unreachable!("checked: pure inserts") };
+        scratch.switch_to(|_| {
+            let mut tuple = versions.fetch(*h);
+            row.clear();
+            codec::write_tuple(desc, &mut tuple, &mut row, &mut cols);
+        });
+        scratch.reset();
+        key.clear();
+        write_key(&mut key, &attnums, &row, &cols);
+        // the key as the index files it (a long one under its digest), which orders packs
+        filed.clear();
+        match long_key_digest(&key) {
+            Some(digest) => filed.extend_from_slice(&digest),
+            None => filed.extend_from_slice(&key),
+        }
+        if i > 0 && filed <= prev {
+            sorted = false;
+            break;
+        }
+        std::mem::swap(&mut filed, &mut prev);
+        // an insert's event, as push_direct encodes it
+        tail.clear();
+        encode_row_event_tail([Some(&key[..]), None, None, Some(&row[..])], &mut tail);
+        pw.push(2 * i as i32, b'i', &prev, &tail);
+    }
+    pw.finish();
+    drop(versions);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    if sorted {
+        return Streamed::Done { seq, ts, id };
+    }
+    // the packs were inserted by this very command: make them its past before deleting them
+    pg_sys::CommandCounterIncrement();
+    let mut written = Vec::new();
+    packs::for_seq(cat, id, seq, catalog::snapshot_self(), pg_sys::RowExclusiveLock, |p| {
+        written.push(p.tid);
+        true
+    });
+    packs::delete(cat, &mut written);
+    Streamed::Unsorted { seq, ts }
+}
+
 /// Which tables' (runs') row events go into packs, and how many events that is: the tables
 /// with at least `driftdb.pack_min_events` of them, all keyed, none of which moved a row to
 /// another key (moved-key markers stay event rows). Their changes are put in key order, so that
@@ -864,6 +953,19 @@ unsafe fn flush() {
     // Reading row images may detoast out-of-line values, which needs an active snapshot. The
     // versions read are pinned by TID, so any snapshot serves; abort pops it on error.
     pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+    // a bulk load of ascending keys goes straight into packs
+    let mut stamped = None;
+    if notes.is_empty() && changes.len() == 1 {
+        match stream_bulk_load(&cat, &changes[0], &mut scratch) {
+            Streamed::No => {}
+            Streamed::Done { seq, ts, id } => {
+                pg_sys::PopActiveSnapshot();
+                write_commit(&cat, seq, ts, vec![id]);
+                return;
+            }
+            Streamed::Unsorted { seq, ts } => stamped = Some((seq, ts)),
+        }
+    }
     let mut notes = notes;
     for tc in changes {
         let mine: Vec<_> = notes.extract_if(.., |n| n.rel == tc.rel).map(|n| n.change).collect();
@@ -871,9 +973,12 @@ unsafe fn flush() {
     }
     pg_sys::PopActiveSnapshot();
     if pending.items.is_empty() {
-        return; // net effect nothing: no seq
+        // net effect nothing: no seq (a streamed load drew one only for inserts, which are
+        // never nothing)
+        assert!(stamped.is_none(), "driftdb: a bulk load's inserts netted to nothing");
+        return;
     }
-    let (seq, ts) = stamp(&cat);
+    let (seq, ts) = stamped.unwrap_or_else(|| stamp(&cat));
 
     let mut ids: HashMap<pg_sys::Oid, i32> = HashMap::new();
     let mut table_ids: Vec<i32> = Vec::new();
@@ -947,7 +1052,11 @@ unsafe fn flush() {
     if let Some(pw) = pw {
         pw.finish();
     }
+    write_commit(&cat, seq, ts, table_ids);
+}
 
+/// The transaction's `driftdb.commits` row.
+unsafe fn write_commit(cat: &Catalog, seq: i64, ts: i64, table_ids: Vec<i32>) {
     let xid = pg_sys::GetTopFullTransactionId().value;
     let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));
     let session_user = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true));
