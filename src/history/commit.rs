@@ -5,7 +5,12 @@
 //!    this very transaction, so nothing can have pruned it) and encode them.
 //! 3. Net effect: insert, update (skipped when nothing changed), delete; TRUNCATE first.
 //! 4. Nothing left → no seq, nothing written. Otherwise take the seq and commit timestamp
-//!    (below) and write the frames into `driftdb.events` and one row into `driftdb.commits`.
+//!    (below) and write the frames into `driftdb.events` (a bulk table's into `driftdb.packs`)
+//!    and one row into `driftdb.commits`.
+//!
+//! A one-table bulk load of inserts (`stream_bulk_load`) takes the seq first instead, since its
+//! events are known to be one insert per row, and streams the rows into packs as it reads them
+//! while their keys ascend; when they stop ascending it falls back to the steps above.
 //!
 //! Seq and timestamp (decision record D4): under a short exclusive lock (the *allocation
 //! lock*) the transaction draws `nextval(driftdb.commit_seq)` and reads the clock, then takes
@@ -397,7 +402,7 @@ fn event(op: Op, key: Option<Vec<Value>>, old: Option<Row>, new: Option<Row>) ->
 /// Read a row version by TID, or take (a copy of) the image resolved earlier.
 unsafe fn materialize(versions: &mut VersionReader, e: &Endpoint) -> Row {
     match e {
-        Endpoint::Image(row) => row.clone(),
+        Endpoint::Image(row) => (**row).clone(),
         Endpoint::Handle(h) => versions.read(*h),
     }
 }
