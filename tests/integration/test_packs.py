@@ -141,10 +141,7 @@ def test_packed_history_reads_like_event_rows(conn):
     assert_verified(conn, "t")
 
     # compaction moves packs into segments: same answers
-    conn.execute("SELECT * FROM driftdb.compact('t', '0 s')")
-    assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] == 0
-    _check_all(conn, states, rnd, "compacted")
-    assert_verified(conn, "t")
+    _compacted_reads_the_same(conn, states, rnd, "compacted")
 
 
 def test_packs_under_compaction_purge_and_erase(conn):
@@ -230,19 +227,26 @@ def test_bulk_loads_in_and_out_of_key_order(conn):
     assert_verified(conn, "t", "other")
 
 
-def _as_version_1(data: bytes) -> bytes:
-    """A pack rewritten in format version 1 (sessions 7 to 10): whole frames, no commit fields
-    in the header. Built here from the documented layout."""
+def _version_1(entries: list[tuple]) -> bytes:
+    """A pack of these (ord, op, key, frame) entries in format version 1 (sessions 7 to 10):
+    whole frames, no commit fields in the header. Built here from the documented layout."""
     import struct
     import zlib
 
     body, offsets = b"", b""
-    entries = unpack(data)
     for ord_, op, key, frame in entries:
         offsets += struct.pack("<I", len(body))
         body += struct.pack("<iBH", ord_, ord(op), len(key)) + key + struct.pack("<I", len(frame)) + frame
     rest = offsets + body
     return b"DP\x01\x00" + struct.pack("<II", len(entries), zlib.crc32(rest)) + rest
+
+
+def _compacted_reads_the_same(conn, states, rnd, label):
+    """Compact all of t's history into segments; every read path still answers as the model."""
+    conn.execute("SELECT * FROM driftdb.compact('t', '0 s')")
+    assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] == 0
+    _check_all(conn, states, rnd, label)
+    assert_verified(conn, "t")
 
 
 def test_packs_written_by_earlier_builds_still_read(conn):
@@ -258,7 +262,7 @@ def test_packs_written_by_earlier_builds_still_read(conn):
         conn.execute("SET LOCAL driftdb.restore_mode = on")
         for table_id, seq, ord_, data in packs:
             conn.execute("UPDATE driftdb.packs SET data = %s WHERE table_id = %s AND seq = %s AND ord = %s",
-                         (_as_version_1(bytes(data)), table_id, seq, ord_))
+                         (_version_1(unpack(bytes(data))), table_id, seq, ord_))
     assert conn.execute("SELECT count(*) FROM driftdb.packs WHERE get_byte(data, 2) = 1").fetchone()[0] == len(packs)
     assert sorted(events(conn, "t")) == before
     _check_all(conn, states, rnd, "version 1 packs")
@@ -272,30 +276,20 @@ def test_packs_written_by_earlier_builds_still_read(conn):
     states = [(s, {k: r for k, r in m.items() if k != victim}) for s, m in states]
     _check_all(conn, states, rnd, "version 1 packs, erased")
     assert_verified(conn, "t")
-    conn.execute("SELECT * FROM driftdb.compact('t', '0 s')")
-    assert conn.execute("SELECT count(*) FROM driftdb.packs").fetchone()[0] == 0
-    _check_all(conn, states, rnd, "version 1 packs, compacted")
-    assert_verified(conn, "t")
+    _compacted_reads_the_same(conn, states, rnd, "version 1 packs, compacted")
 
 
 def test_rewriting_a_version_1_pack_with_a_damaged_frame_fails_cleanly(conn):
     """A version 1 pack keeps whole frames, each with its own CRC, under the pack's CRC. An
     erasure that rewrites one whose frame is damaged (pack CRC intact) reports corrupted
     history and changes nothing."""
-    import struct
-    import zlib
-
     _setup(conn, min_events=10)
     conn.execute("INSERT INTO t SELECT g, 'v' || g, g, NULL FROM generate_series(1, 50) g")
     table_id, seq, ord_, data = conn.execute("SELECT table_id, seq, ord, data FROM driftdb.packs").fetchone()
     entries = unpack(bytes(data))
     ord0, op0, key0, frame0 = entries[0]
     entries[0] = (ord0, op0, key0, frame0[:-1] + bytes([frame0[-1] ^ 1]))  # the frame's CRC fails
-    body, offsets = b"", b""
-    for o, op, k, f in entries:
-        offsets += struct.pack("<I", len(body))
-        body += struct.pack("<iBH", o, ord(op), len(k)) + k + struct.pack("<I", len(f)) + f
-    v1 = b"DP\x01\x00" + struct.pack("<II", len(entries), zlib.crc32(offsets + body)) + offsets + body
+    v1 = _version_1(entries)
     with conn.transaction():
         conn.execute("SET LOCAL driftdb.restore_mode = on")
         conn.execute("UPDATE driftdb.packs SET data = %s WHERE table_id = %s AND seq = %s AND ord = %s", (v1, table_id, seq, ord_))
