@@ -284,13 +284,11 @@ impl Pending {
         self.items.push(Encoded::new(event.op, start, key, old_key, self.bytes.len()));
     }
 
-    /// Append the bytes a key `write_key` encoded is filed under (as `encode_key` files it:
-    /// a long one under its digest); their range.
+    /// Append the bytes a key `write_key` encoded is filed under (`put_filed`); their range.
     fn put_key(&mut self, key: &[u8]) -> std::ops::Range<usize> {
-        match long_key_digest(key) {
-            Some(digest) => self.put(&digest),
-            None => self.put(key),
-        }
+        let start = self.bytes.len();
+        put_filed(&mut self.bytes, key);
+        start..self.bytes.len()
     }
 
     /// Append `b` to the bytes; its range.
@@ -376,6 +374,15 @@ struct DirectScratch {
     new_cols: codec::TupleScratch,
     key: Vec<u8>,
     old_key: Vec<u8>,
+}
+
+/// Append the bytes a key `write_key` encoded is filed under, as `encode_key` files it: the key
+/// itself, or a long one's digest.
+fn put_filed(out: &mut Vec<u8>, key: &[u8]) {
+    match long_key_digest(key) {
+        Some(digest) => out.extend_from_slice(&digest),
+        None => out.extend_from_slice(key),
+    }
 }
 
 /// Append the key of a row `codec::write_tuple` wrote (`row`, its columns in `cols`): the
@@ -859,10 +866,7 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
         write_key(&mut key, &attnums, &row, &cols);
         // the key as the index files it (a long one under its digest), which orders packs
         filed.clear();
-        match long_key_digest(&key) {
-            Some(digest) => filed.extend_from_slice(&digest),
-            None => filed.extend_from_slice(&key),
-        }
+        put_filed(&mut filed, &key);
         if i > 0 && filed <= prev {
             sorted = false;
             break;
