@@ -48,6 +48,16 @@ SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 1::int2;
 SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 2) WHERE id = 4294967297::int8;
 
 -- in a view and a prepared statement
+-- as_of is rewritten wherever a FROM clause can be: in a FROM-clause subquery, a CTE, a UNION,
+-- a sublink, and a sublink of a CTE (each plan shows the history scan, not a function scan)
+EXPLAIN (COSTS OFF) SELECT * FROM (SELECT id FROM driftdb.as_of(NULL::acct, 3::bigint)) s;
+EXPLAIN (COSTS OFF) WITH c AS MATERIALIZED (SELECT id FROM driftdb.as_of(NULL::acct, 3::bigint)) SELECT * FROM c;
+EXPLAIN (COSTS OFF) SELECT id FROM driftdb.as_of(NULL::acct, 3::bigint) UNION ALL SELECT id FROM acct;
+EXPLAIN (COSTS OFF) SELECT 1 WHERE EXISTS (SELECT FROM driftdb.as_of(NULL::acct, 3::bigint) WHERE id = 1);
+EXPLAIN (COSTS OFF) WITH c AS MATERIALIZED (SELECT (SELECT count(*) FROM driftdb.as_of(NULL::acct, 3::bigint)) AS n) SELECT * FROM c;
+SELECT (SELECT count(*) FROM driftdb.as_of(NULL::acct, :s0 + 1)) AS at_1,
+       (WITH c AS (SELECT * FROM driftdb.as_of(NULL::acct, :s0 + 3)) SELECT string_agg(owner, ',' ORDER BY id) FROM c) AS at_3;
+
 CREATE VIEW acct_at_2 AS SELECT * FROM driftdb.as_of(NULL::acct, 2::bigint);
 SELECT pg_get_viewdef('acct_at_2'::regclass) LIKE '%TABLESAMPLE driftdb.as_of_seq%' AS stored_as_marker;
 PREPARE at(bigint, int) AS SELECT owner, balance FROM driftdb.as_of(NULL::acct, $1) WHERE id = $2;
