@@ -14,6 +14,30 @@ use crate::error::DriftError;
 
 thread_local! {
     static CACHED: std::cell::Cell<Option<(pg_sys::Oid, Catalog)>> = const { std::cell::Cell::new(None) };
+    /// Counts the relcache and schema invalidations this backend has processed.
+    static GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The generation at which `CACHED` was last checked against the schema's current objects.
+    static CHECKED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+}
+
+/// A relation's relcache entry, or a schema, changed (or every entry was reset): the cached
+/// catalog is checked by name again on its next use. DROP EXTENSION, a dropped or renamed
+/// driftdb table and a renamed or dropped schema all send one of these.
+pub fn invalidate() {
+    GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn namespace_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    invalidate();
+}
+
+/// Registered once, from `_PG_init` (the relcache side is `commit::relcache_callback`).
+pub fn register_invalidation() {
+    // SAFETY: registering a process-lifetime syscache callback from _PG_init.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::NAMESPACEOID as i32, Some(namespace_changed), pg_sys::Datum::from(0usize));
+    }
 }
 
 /// OIDs of driftdb's objects in the current database.
@@ -47,8 +71,16 @@ fn relid(nsp: pg_sys::Oid, name: &str) -> pg_sys::Oid {
 impl Catalog {
     /// Look the objects up; None if the extension is not installed in this database.
     /// Cached per backend, checked against the schema's and `driftdb.events`' current OIDs (a
-    /// dropped and re-created extension gives every object a new OID).
+    /// dropped and re-created extension gives every object a new OID) after any relcache or
+    /// schema invalidation (`invalidate`): without one, nothing they name can have changed,
+    /// and a small transaction's commit does not look them up again.
     pub fn get() -> Option<Catalog> {
+        let generation = GENERATION.with(|g| g.get());
+        if CHECKED_AT.with(|c| c.get()) == generation {
+            if let Some((_, c)) = CACHED.with(|c| c.get()) {
+                return Some(c);
+            }
+        }
         // SAFETY: syscache lookup with a valid C string.
         let nsp = unsafe { pg_sys::get_namespace_oid(c"driftdb".as_ptr(), true) };
         if nsp == pg_sys::InvalidOid {
@@ -58,11 +90,13 @@ impl Catalog {
             // the schema survives DROP EXTENSION (it is not an extension member in PG 15):
             // check that the objects are still the cached ones
             if n == nsp && relid(nsp, "events") == c.events {
+                CHECKED_AT.with(|c| c.set(generation));
                 return Some(c);
             }
         }
         let c = Self::lookup(nsp)?;
         CACHED.with(|cell| cell.set(Some((nsp, c))));
+        CHECKED_AT.with(|c| c.set(generation));
         Some(c)
     }
 

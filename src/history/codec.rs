@@ -348,13 +348,52 @@ unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8
     }
 }
 
+/// What `write_tuple` looks up about a descriptor: each column's kind (a dropped column's is
+/// never used) and whether text is UTF-8 as stored. The commit keeps one per table shape
+/// (`commit::Shape`), so that a small transaction does not look its columns up again.
+#[derive(Clone, Debug, Default)]
+pub struct ColumnKinds {
+    kinds: Vec<Kind>,
+    utf8: bool,
+}
+
+impl ColumnKinds {
+    /// # Safety
+    /// `tupdesc` must be a valid descriptor.
+    pub unsafe fn of(tupdesc: pg_sys::TupleDesc) -> ColumnKinds {
+        let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+        ColumnKinds {
+            // a dropped column's type is gone (atttypid 0); it is never written
+            kinds: attrs.iter().map(|a| if a.attisdropped { Kind::Bool } else { kind_of(a.atttypid) }).collect(),
+            utf8: pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32,
+        }
+    }
+
+    /// Can a key over these columns be copied from `write_tuple`'s bytes as they are? Yes
+    /// unless a float could be in it: keys encode every NaN as one bit pattern (`encode_key`),
+    /// row images keep the pattern the row had.
+    pub fn key_copyable(&self, attnums: &[u16]) -> bool {
+        attnums.iter().all(|&a| {
+            self.kinds
+                .get((a as usize).wrapping_sub(1))
+                .is_some_and(|kind| !kind.may_hold_float() && !matches!(kind, Kind::Output(_)))
+        })
+    }
+
+    /// Are two rows equal exactly when `write_tuple` writes the same bytes for them? Yes unless
+    /// a column can hold a float: `Value` equality takes every NaN as equal. (A dropped
+    /// column counts as a boolean: it is never written.)
+    pub fn rows_bytewise(&self) -> bool {
+        self.kinds.iter().all(|k| !k.may_hold_float())
+    }
+}
+
 /// Reusable buffers for `write_tuple`, and what it looked up about the descriptor.
 #[derive(Default)]
 pub struct TupleScratch {
-    /// The descriptor `kinds` and `utf8` were looked up for.
+    /// The descriptor `columns` were looked up for.
     desc: Option<pg_sys::TupleDesc>,
-    kinds: Vec<Kind>,
-    utf8: bool,
+    columns: ColumnKinds,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
     /// A numeric's text, printed before it is written.
@@ -372,9 +411,7 @@ pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, 
     let natts = (*tupdesc).natts as usize;
     let attrs = (*tupdesc).attrs.as_slice(natts);
     if scratch.desc != Some(tupdesc) {
-        // a dropped column's type is gone (atttypid 0); it is never written
-        scratch.kinds = attrs.iter().map(|a| if a.attisdropped { Kind::Bool } else { kind_of(a.atttypid) }).collect();
-        scratch.utf8 = pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32;
+        scratch.columns = ColumnKinds::of(tupdesc);
         scratch.desc = Some(tupdesc);
     }
     scratch.values.resize(natts, pg_sys::Datum::from(0usize));
@@ -392,40 +429,25 @@ pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, 
         if scratch.nulls[i] {
             rmp::encode::write_nil(buf).unwrap();
         } else {
-            write_datum(scratch.values[i], scratch.kinds[i], scratch.utf8, buf, &mut scratch.text);
+            write_datum(scratch.values[i], scratch.columns.kinds[i], scratch.columns.utf8, buf, &mut scratch.text);
         }
         scratch.cols.push(((i + 1) as u16, start, buf.len()));
     }
 }
 
-/// Can a key over columns of these types be copied from `write_tuple`'s bytes as they are?
-/// Yes unless a float could be in it: keys encode every NaN as one bit pattern (`encode_key`),
-/// row images keep the pattern the row had.
-///
-/// # Safety
-/// `tupdesc` must be a valid descriptor and the attnums in range.
-pub unsafe fn key_copyable(tupdesc: pg_sys::TupleDesc, attnums: &[u16]) -> bool {
-    let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
-    attnums.iter().all(|&a| {
-        let Some(att) = attrs.get((a as usize).wrapping_sub(1)) else {
-            return false;
-        };
-        let kind = kind_of(att.atttypid);
-        !kind.may_hold_float() && !matches!(kind, Kind::Output(_))
-    })
-}
-
-/// Are two rows of this descriptor equal exactly when `write_tuple` writes the same bytes for
-/// them? Yes unless a column can hold a float: `Value` equality takes every NaN as equal.
-///
-/// # Safety
-/// `tupdesc` must be a valid descriptor.
-pub unsafe fn rows_bytewise(tupdesc: pg_sys::TupleDesc) -> bool {
-    let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
-    attrs
-        .iter()
-        .filter(|a| !a.attisdropped)
-        .all(|a| !kind_of(a.atttypid).may_hold_float())
+impl TupleScratch {
+    /// Take `columns`, looked up for `tupdesc`, instead of looking them up on the first row.
+    ///
+    /// # Safety
+    /// `columns` must be `ColumnKinds::of(tupdesc)` for the descriptor as it is now.
+    pub unsafe fn prepare(&mut self, tupdesc: pg_sys::TupleDesc, columns: &ColumnKinds) {
+        if columns.kinds.len() == (*tupdesc).natts as usize {
+            self.columns.clone_from(columns);
+            self.desc = Some(tupdesc);
+        } else {
+            self.desc = None; // not this descriptor's (cannot happen): looked up on the first row
+        }
+    }
 }
 
 /// Encode the row in a slot (all attributes are fetched).

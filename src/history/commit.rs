@@ -21,6 +21,7 @@
 //! seq locks of the gaps it sees.
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
+use std::rc::Rc;
 use std::ffi::{c_void, CStr};
 
 use driftdb_core::net::{fold_keyed, EventKeys, FxHasher};
@@ -42,6 +43,7 @@ pub fn register_callbacks() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::AUTHOID as i32, Some(roles_changed), pg_sys::Datum::from(0usize));
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize));
     }
 }
@@ -54,6 +56,10 @@ thread_local! {
     /// relation's relcache entry is invalidated (DROP TABLE, so a reused OID never maps to an
     /// old id); entries made by the current transaction are dropped if it aborts.
     static TABLE_IDS: std::cell::RefCell<HashMap<pg_sys::Oid, (i32, bool)>> = std::cell::RefCell::new(HashMap::new());
+    /// relid → what encoding its changes needs (`shape`); dropped with its relcache entry.
+    static SHAPES: std::cell::RefCell<HashMap<pg_sys::Oid, Rc<Shape>>> = std::cell::RefCell::new(HashMap::new());
+    /// The buffers `Pending::push_direct` encodes with, kept from one commit to the next.
+    static DIRECT: std::cell::Cell<Option<Box<DirectScratch>>> = const { std::cell::Cell::new(None) };
     /// The memory the pre-commit works in (`flush_context`).
     static FLUSH_CXT: std::cell::Cell<pg_sys::MemoryContext> = const { std::cell::Cell::new(std::ptr::null_mut()) };
 }
@@ -116,14 +122,46 @@ impl Drop for FlushMemory {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    TABLE_IDS.with(|c| {
-        let mut c = c.borrow_mut();
-        if relid == pg_sys::InvalidOid {
-            c.clear();
-        } else {
-            c.remove(&relid);
-        }
-    });
+    TABLE_IDS.with(|c| crate::timetravel::reader::forget_in(&mut c.borrow_mut(), relid));
+    SHAPES.with(|c| crate::timetravel::reader::forget_in(&mut c.borrow_mut(), relid));
+    catalog::invalidate();
+}
+
+/// What the commit needs to know about a table to encode its changes, looked up on its first
+/// change and kept until its relcache entry is invalidated (ALTER TABLE, REPLICA IDENTITY and
+/// index changes all send an invalidation), so that a small transaction does not look up its
+/// identity and its columns' types again.
+struct Shape {
+    ident: Identity,
+    columns: codec::ColumnKinds,
+    /// Lineages whose ends are stored versions are encoded straight from the tuples
+    /// (`Pending::push_direct`) with these key columns (Some(None): no identity), unless a key
+    /// column needs `encode_key`'s canonical NaN (None).
+    direct_key: Option<Option<Vec<u16>>>,
+    /// ... updates too, unless a float could make unequal bytes of equal rows.
+    updates_direct: bool,
+}
+
+/// The shape of open relation `rel`.
+///
+/// # Safety
+/// `rel` must be a valid open relation.
+unsafe fn shape(rel: pg_sys::Relation) -> Rc<Shape> {
+    let relid = (*rel).rd_id;
+    if let Some(s) = SHAPES.with(|c| c.borrow().get(&relid).cloned()) {
+        return s;
+    }
+    let ident = identity::of(rel);
+    let columns = codec::ColumnKinds::of((*rel).rd_att);
+    let direct_key = match &ident {
+        Identity::Key(attnums) if columns.key_copyable(attnums) => Some(Some(attnums.clone())),
+        Identity::None => Some(None),
+        _ => None,
+    };
+    let updates_direct = direct_key.is_some() && columns.rows_bytewise();
+    let s = Rc::new(Shape { ident, columns, direct_key, updates_direct });
+    SHAPES.with(|c| c.borrow_mut().insert(relid, s.clone()));
+    s
 }
 
 /// Transaction end: keep registrations that committed, forget ones that did not.
@@ -302,8 +340,8 @@ impl Pending {
     /// transaction, `cur`: the one at its end), encoded straight from the tuples into the
     /// bytes `lineage_event` + `push` make of it (a pg_test compares the two), without the rows'
     /// Values. `key_cols`: the identity columns (None: no identity); every one must be
-    /// `codec::key_copyable`, and for an update (both ends) the rows must be
-    /// `codec::rows_bytewise`, so that equal bytes mean equal rows. An update that changed
+    /// `ColumnKinds::key_copyable`, and for an update (both ends) the rows must be
+    /// `ColumnKinds::rows_bytewise`, so that equal bytes mean equal rows. An update that changed
     /// nothing pushes nothing.
     ///
     /// # Safety
@@ -596,8 +634,10 @@ unsafe fn table_events(
     scratch: &mut PgMemoryContexts,
 ) {
     let relid = pg_sys::Oid::from(tc.rel);
-    if !rel_exists(relid) {
-        return; // dropped later in this same transaction: no history to keep
+    // locked already by this transaction's writes; null if it dropped the table later
+    let rel = pg_sys::try_table_open(relid, pg_sys::AccessShareLock as i32);
+    if rel.is_null() {
+        return; // no history to keep
     }
     let start = out.items.len();
     // schema changes first: a baseline's rows, and rows written after an ALTER, follow them
@@ -606,8 +646,8 @@ unsafe fn table_events(
         e.schema = Some(change);
         out.push(&e, EventKeys::default());
     }
-    let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
-    let ident = identity::of(rel);
+    let shape = shape(rel);
+    let ident = &shape.ident;
     let mut versions = VersionReader::for_versions(rel, tc.lineages.len());
     if tc.truncated {
         out.push(&event(Op::Truncate, None, None, None), EventKeys::default());
@@ -617,21 +657,18 @@ unsafe fn table_events(
     // than once; if one does, the table's lineages are read again as whole events and folded.
     let first = out.items.len();
     out.items.reserve(tc.lineages.len());
-    // Lineages whose ends are stored versions are encoded straight from the tuples, unless a
-    // key column needs encode_key's canonical NaN, or (updates) a float could make unequal
-    // bytes of equal rows.
-    let direct_key: Option<Option<&[u16]>> = match &ident {
-        Identity::Key(attnums) if codec::key_copyable((*rel).rd_att, attnums) => Some(Some(attnums)),
-        Identity::None => Some(None),
-        _ => None,
-    };
-    let updates_direct = direct_key.is_some() && codec::rows_bytewise((*rel).rd_att);
+    // Lineages whose ends are stored versions are encoded straight from the tuples (the shape
+    // says when they can be)
+    let direct_key = shape.direct_key.as_ref().map(|k| k.as_deref());
+    let updates_direct = shape.updates_direct;
     let handle = |e: &Option<Endpoint>| match e {
         Some(Endpoint::Handle(h)) => Some(Some(*h)),
         None => Some(None),
         Some(Endpoint::Image(_)) => None,
     };
-    let mut direct = DirectScratch::default();
+    let mut direct = DIRECT.take().unwrap_or_default();
+    direct.old_cols.prepare((*rel).rd_att, &shape.columns);
+    direct.new_cols.prepare((*rel).rd_att, &shape.columns);
     for (orig, cur) in &tc.lineages {
         if let (Some(key), Some(o), Some(c)) = (direct_key, handle(orig), handle(cur)) {
             if o.is_none() || c.is_none() || updates_direct {
@@ -640,20 +677,21 @@ unsafe fn table_events(
                 continue;
             }
         }
-        if let Some(e) = lineage_event(&mut versions, &ident, orig, cur, scratch) {
+        if let Some(e) = lineage_event(&mut versions, ident, orig, cur, scratch) {
             let keys = EventKeys::of(&e);
             out.push(&e, keys);
         }
     }
+    DIRECT.set(Some(direct));
     // Under a unique key (primary key or REPLICA IDENTITY USING INDEX, both NOT NULL), rows
     // inserted or updated in place are live at commit — deferred uniqueness checks have run by
     // now — so their keys are distinct and no set of keys is needed to know it (a bulk load's
     // commit would otherwise hash every key once).
     let distinct = matches!(ident, Identity::Key(_)) && out.items[first..].iter().all(|it| it.old_key().is_none() && matches!(it.op, Op::Insert | Op::Update));
-    if ident != Identity::None && !distinct && keys_repeat(out, first) {
+    if *ident != Identity::None && !distinct && keys_repeat(out, first) {
         out.truncate(first);
         let mut events: Vec<Event> =
-            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(&mut versions, &ident, orig, cur, scratch)).collect();
+            tc.lineages.iter().filter_map(|(orig, cur)| lineage_event(&mut versions, ident, orig, cur, scratch)).collect();
         let mut keys: Vec<EventKeys> = events.iter().map(EventKeys::of).collect();
         fold_keyed(&mut events, &mut keys, 0);
         for (e, k) in events.iter().zip(keys) {
@@ -800,14 +838,6 @@ pub unsafe fn lookup_table_id(cat: &Catalog, relid: pg_sys::Oid) -> Option<i32> 
     id
 }
 
-unsafe fn cstr_or_empty(p: *const std::ffi::c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        CStr::from_ptr(p).to_string_lossy().into_owned()
-    }
-}
-
 /// What `stream_bulk_load` did.
 enum Streamed {
     /// Not a load it streams; nothing drawn, nothing written.
@@ -821,7 +851,7 @@ enum Streamed {
 
 /// A bulk load streamed into packs: the transaction changed one table only, by inserts only
 /// (at least `driftdb.pack_min_events` of them, rows stored in the heap), under a key whose
-/// columns are copied as stored (`codec::key_copyable`), with no TRUNCATE or schema change.
+/// columns are copied as stored (`ColumnKinds::key_copyable`), with no TRUNCATE or schema change.
 /// Its events are all inserts, one per lineage, so the seq is drawn first; each row is then
 /// read, encoded and pushed into the packs in lineage (TID) order, which for a load of
 /// ascending keys is key order, without `Pending`, its sort, or its memory. The first key that
@@ -837,8 +867,9 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
         return Streamed::No;
     }
     let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
-    let attnums = match identity::of(rel) {
-        Identity::Key(attnums) if codec::key_copyable((*rel).rd_att, &attnums) => attnums,
+    let shape = shape(rel);
+    let attnums = match &shape.direct_key {
+        Some(Some(attnums)) => attnums,
         _ => {
             pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
             return Streamed::No;
@@ -851,6 +882,7 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
     let mut pw = PackWriter::open(cat, tc.lineages.len());
     pw.start(id, seq, ts);
     let mut cols = codec::TupleScratch::default();
+    cols.prepare(desc, &shape.columns);
     // the row and its key as encoded, the key as filed (and the previous one), the frame tail
     let (mut row, mut key, mut filed, mut prev, mut tail) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut sorted = true;
@@ -1067,20 +1099,51 @@ unsafe fn flush() {
 /// The transaction's `driftdb.commits` row.
 unsafe fn write_commit(cat: &Catalog, seq: i64, ts: i64, table_ids: Vec<i32>) {
     let xid = pg_sys::GetTopFullTransactionId().value;
-    let committed_by = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), true));
-    let session_user = cstr_or_empty(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true));
-    let app = cstr_or_empty(pg_sys::application_name);
+    let app = pg_sys::application_name;
     let mut c = Writer::open(cat.commits);
+    let ids: Vec<pg_sys::Datum> = table_ids.iter().map(|&id| pg_sys::Datum::from(id)).collect();
     let mut values = [
         seq.into_datum().unwrap(),
         pg_sys::Datum::from(ts as usize),
         pg_sys::Datum::from(xid as usize),
-        committed_by.into_datum().unwrap(),
-        session_user.into_datum().unwrap(),
-        app.into_datum().unwrap(),
-        table_ids.into_datum().unwrap(),
+        role_name(pg_sys::GetUserId()),
+        role_name(pg_sys::GetSessionUserId()),
+        text_datum(if app.is_null() { &[] } else { CStr::from_ptr(app).to_bytes() }),
+        // int4[]: 4 bytes, passed by value, int-aligned (pg_type)
+        pg_sys::Datum::from(pg_sys::construct_array(ids.as_ptr().cast_mut(), ids.len() as i32, pg_sys::INT4OID, 4, true, b'i' as std::ffi::c_char)),
     ];
     c.insert(&mut values, &mut [false; 7]);
+}
+
+/// A text datum of these bytes, in the current memory context.
+unsafe fn text_datum(b: &[u8]) -> pg_sys::Datum {
+    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(b.as_ptr().cast(), b.len() as i32))
+}
+
+thread_local! {
+    /// role OID → its name, for `driftdb.commits`. Emptied whenever pg_authid changes (a role
+    /// renamed or dropped).
+    static ROLE_NAMES: std::cell::RefCell<HashMap<pg_sys::Oid, Vec<u8>>> = std::cell::RefCell::new(HashMap::new());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn roles_changed(_arg: pg_sys::Datum, _cacheid: i32, _hash: u32) {
+    ROLE_NAMES.with(|c| c.borrow_mut().clear());
+}
+
+/// The name of role `oid` as a text datum in the current memory context ('' for a role that no
+/// longer exists). The name is looked up once per role: the syscache lookup and its copies
+/// were a tenth of a small commit's own work.
+unsafe fn role_name(oid: pg_sys::Oid) -> pg_sys::Datum {
+    let cached = ROLE_NAMES.with(|c| c.borrow().get(&oid).map(|n| text_datum(n)));
+    if let Some(d) = cached {
+        return d;
+    }
+    let name = pg_sys::GetUserNameFromId(oid, true);
+    let bytes = if name.is_null() { Vec::new() } else { CStr::from_ptr(name).to_bytes().to_vec() };
+    let d = text_datum(&bytes);
+    ROLE_NAMES.with(|c| c.borrow_mut().insert(oid, bytes));
+    d
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -1126,13 +1189,13 @@ mod tests {
             let ident = identity::of(rel);
             let key: Option<&[u16]> = match &ident {
                 identity::Identity::Key(a) => {
-                    assert!(codec::key_copyable((*rel).rd_att, a), "{table}: the test wants a copyable key");
+                    assert!(codec::ColumnKinds::of((*rel).rd_att).key_copyable(a), "{table}: the test wants a copyable key");
                     Some(a)
                 }
                 _ => None,
             };
             if lineages.iter().any(|(o, c)| o.is_some() && c.is_some()) {
-                assert!(codec::rows_bytewise((*rel).rd_att), "{table}: updates want rows without floats");
+                assert!(codec::ColumnKinds::of((*rel).rd_att).rows_bytewise(), "{table}: updates want rows without floats");
             }
             let mut versions = VersionReader::new(rel);
             let mut scratch = PgMemoryContexts::new("test");

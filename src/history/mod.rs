@@ -39,4 +39,5 @@ pub fn init() {
     packs::init();
     commit::register_callbacks();
     codec::register_type_invalidation();
+    catalog::register_invalidation();
 }

@@ -34,6 +34,7 @@ def test_create_extension_twice_fails_cleanly(conn):
 
 def test_drop_extension(conn):
     conn.execute("CREATE TABLE t (id int) USING driftdb")
+    conn.execute("INSERT INTO t VALUES (1)")  # this session now knows the catalog's OIDs
     # A driftdb table depends on the access method: plain DROP refuses.
     with pytest.raises(psycopg.errors.DependentObjectsStillExist):
         conn.execute("DROP EXTENSION driftdb")
@@ -61,6 +62,9 @@ def test_drop_extension(conn):
     assert conn.execute("SELECT * FROM driftdb.as_of(NULL::t2, driftdb.current_seq())").fetchall() == [(1,)]
     plan = "\n".join(r[0] for r in conn.execute("EXPLAIN SELECT * FROM driftdb.as_of(NULL::t2, 1::bigint)"))
     assert "DriftDB History Scan" in plan, plan
+    # ... and its commits went into the new extension's tables
+    assert conn.execute("SELECT count(*) FROM driftdb.events").fetchone() == (1,)
+    assert_verified(conn, "t2")
 
 
 def test_drop_extension_cascade_drops_tables(conn):

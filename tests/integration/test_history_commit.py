@@ -392,6 +392,14 @@ def test_transactions_view_roles_and_application(db, roles):
         xid = admin.execute("SELECT txid_current()").fetchone()[0]
         admin.execute("INSERT INTO t VALUES (10, 'x')")
     assert transactions(admin, 6)[0]["xid"] == xid
+    # a role renamed between two commits of a session is recorded under its new name (the
+    # commit looks role names up once per session, until pg_authid changes)
+    admin.execute(f'ALTER ROLE "{bob}" RENAME TO "{bob}_renamed"')
+    try:
+        a.execute("DELETE FROM t WHERE id = 3")  # seq 8, by bob under his new name
+        assert [(x["committed_by"], x["session_user"]) for x in transactions(admin, 7)] == [(f"{bob}_renamed", alice)]
+    finally:
+        admin.execute(f'ALTER ROLE "{bob}_renamed" RENAME TO "{bob}"')
     # the view is not readable by PUBLIC
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         a.execute("SELECT * FROM driftdb.transactions")
