@@ -3,6 +3,9 @@
 #
 #   benches/sql/instructions.sh [--txns N] [--workloads "update insert tpcb"] [--keep]
 #
+# --keep keeps the callgrind profiles (and the pristine cluster) in /tmp/driftdb-bench-
+# instructions.work, for callgrind_annotate --inclusive=yes to say where the instructions went.
+#
 # The timed benchmarks (single_row.sh, pgbench_tpcb.sh, commit_cost.sh) measure what users see,
 # but on a shared 2-vCPU host their runs spread 10-60%, so a change worth 1-3% of a transaction
 # cannot be told from the noise. This one counts instructions with valgrind's callgrind instead,
@@ -20,6 +23,8 @@
 #   update  EXECUTE of UPDATE sr SET qty = qty + d, updated_at = now() WHERE id = random
 #   insert  EXECUTE of INSERT INTO sr (...) VALUES (...)
 #   tpcb    BEGIN; pgbench's tpcb-like statements (3 UPDATEs, a SELECT, an INSERT); COMMIT
+#   copy    one COPY of 20N, then 100N rows into copy_1m.sh's empty table (counted per row: a
+#           bulk load's statement and commit, streamed into packs)
 # Needs valgrind (apt-get install valgrind). Prints instructions per transaction for each
 # system, heap's ÷ driftdb's (read like the other benchmarks' throughput ratios), and the
 # difference.
@@ -27,7 +32,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-TXNS=500 WORKLOADS="update insert tpcb" KEEP=0
+TXNS=500 WORKLOADS="update insert tpcb copy" KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) need_arg "$@"; TXNS=$2; shift 2 ;;
@@ -55,7 +60,11 @@ for sys in heap driftdb; do
   psql_q -d "$db" -v nrows="$NROWS" -f "$HERE/scripts/single_row_load.sql" >/dev/null
   opts=""; [ "$sys" = driftdb ] && opts="-c default_table_access_method=driftdb"
   PGOPTIONS="$opts" "$PGBIN/pgbench" -i -s 1 -q "$db" >/dev/null 2>&1 || die "pgbench -i failed for $db"
+  psql_q -d "$db" -v am="$sys" -c "SET client_min_messages = warning" -f "$HERE/scripts/copy_schema.sql" >/dev/null
   psql_q -d "$db" -c "VACUUM ANALYZE"
+done
+for n in $((20 * TXNS)) $((100 * TXNS)); do
+  psql_q -v nrows="$n" -v file="$WORK/copy_$n.csv" -f "$HERE/scripts/copy_gen.sql" >/dev/null
 done
 [ "$(psql_q -d bench_driftdb -Atc "SELECT count(*) FROM pg_class c JOIN pg_am a ON a.oid = c.relam
       WHERE a.amname = 'driftdb' AND c.relname IN ('sr', 'pgbench_accounts', 'pgbench_tellers',
@@ -68,7 +77,7 @@ cp -a "$BENCH_DATA" "$PRISTINE"
 # the statements of N transactions of a workload, one per line (postgres --single reads a line
 # as a statement); the same pseudo-random draws for every system and size
 statements() {
-  python3 - "$1" "$2" "$NROWS" <<'PY'
+  python3 - "$1" "$2" "$NROWS" "$WORK" <<'PY'
 import random, sys
 wl, n, nrows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 r = random.Random(42)
@@ -82,6 +91,8 @@ elif wl == "insert":
     for _ in range(n):
         a = r.randint(1, 10000)
         print(f"EXECUTE i({a}, {r.randint(1, 100)});")
+elif wl == "copy":
+    print(f"COPY copy_t (id, customer_id, created_at, status, amount, note) FROM '{sys.argv[4]}/copy_{n}.csv' WITH (FORMAT csv);")
 elif wl == "tpcb":
     print("PREPARE a(int, int) AS UPDATE pgbench_accounts SET abalance = abalance + $2 WHERE aid = $1;")
     print("PREPARE s(int) AS SELECT abalance FROM pgbench_accounts WHERE aid = $1;")
@@ -105,7 +116,7 @@ PY
 
 # instructions of one `postgres --single` run of a statement file, from a fresh pristine copy
 count() {
-  local sys=$1 file=$2 out="$WORK/callgrind.out"
+  local sys=$1 file=$2 out="$WORK/callgrind.$1.$(basename "$2" .sql).out"
   rm -rf "$WORK/data" "$out"
   cp -a "$PRISTINE" "$WORK/data"
   as_pg valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -120,17 +131,19 @@ count() {
 
 printf '\n%-8s %14s %14s %10s %14s\n' workload "heap instr" "driftdb instr" "ratio" "difference"
 for wl in $WORKLOADS; do
-  statements "$wl" "$TXNS" > "$WORK/$wl.small.sql"
-  statements "$wl" "$((5 * TXNS))" > "$WORK/$wl.large.sql"
+  n=$TXNS unit=transaction
+  [ "$wl" = copy ] && n=$((20 * TXNS)) unit=row
+  statements "$wl" "$n" > "$WORK/$wl.small.sql"
+  statements "$wl" "$((5 * n))" > "$WORK/$wl.large.sql"
   declare -A per=()
   for sys in heap driftdb; do
     small=$(count "$sys" "$WORK/$wl.small.sql")
     large=$(count "$sys" "$WORK/$wl.large.sql")
-    per[$sys]=$(( (large - small) / (4 * TXNS) ))
-    log "$wl $sys: $small instructions for $TXNS transactions, $large for $((5 * TXNS)): ${per[$sys]} per transaction"
+    per[$sys]=$(( (large - small) / (4 * n) ))
+    log "$wl $sys: $small instructions for $n ${unit}s, $large for $((5 * n)): ${per[$sys]} per $unit"
   done
   printf '%-8s %14d %14d %10.3f %+14d\n' "$wl" "${per[heap]}" "${per[driftdb]}" \
     "$(echo "${per[heap]} / ${per[driftdb]}" | bc -l)" "$(( per[driftdb] - per[heap] ))"
   unset per
 done
-[ "$KEEP" = 1 ] && log "keeping $WORK (callgrind.out of the last run)" || rm -rf "$WORK"
+[ "$KEEP" = 1 ] && log "keeping $WORK (callgrind.<system>.<workload>.<small|large>.out: callgrind_annotate reads them)" || rm -rf "$WORK"
