@@ -1,6 +1,6 @@
-//! driftdb's own catalog: the OIDs of the objects in schema `driftdb` (looked up by name, per
-//! use: syscache lookups are cheap and OIDs change if the extension is dropped and re-created),
-//! and direct inserts into its tables.
+//! driftdb's own catalog: the OIDs of the objects in schema `driftdb` (looked up by name, and
+//! looked up again after any relcache or schema invalidation, since OIDs change if the
+//! extension is dropped and re-created), and direct inserts into its tables.
 //!
 //! driftdb writes its tables with `CatalogTupleInsertWithInfo` (heap insert plus index
 //! entries, like PostgreSQL's own catalogs): no executor, no triggers — the guard triggers
