@@ -1116,6 +1116,9 @@ unsafe fn write_commit(cat: &Catalog, seq: i64, ts: i64, table_ids: Vec<i32>) {
 }
 
 /// A text datum of these bytes, in the current memory context.
+///
+/// # Safety
+/// Inside a transaction (it pallocs); the bytes must be in the database's encoding.
 unsafe fn text_datum(b: &[u8]) -> pg_sys::Datum {
     pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(b.as_ptr().cast(), b.len() as i32))
 }
@@ -1134,6 +1137,9 @@ unsafe extern "C-unwind" fn roles_changed(_arg: pg_sys::Datum, _cacheid: i32, _h
 /// The name of role `oid` as a text datum in the current memory context ('' for a role that no
 /// longer exists). The name is looked up once per role: the syscache lookup and its copies
 /// were a tenth of a small commit's own work.
+///
+/// # Safety
+/// Inside a transaction (syscache lookup, palloc).
 unsafe fn role_name(oid: pg_sys::Oid) -> pg_sys::Datum {
     let cached = ROLE_NAMES.with(|c| c.borrow().get(&oid).map(|n| text_datum(n)));
     if let Some(d) = cached {

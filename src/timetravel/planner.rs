@@ -175,6 +175,9 @@ unsafe fn visit_query(query: *mut pg_sys::Query, f: &mut Option<Option<Funcs>>) 
 }
 
 /// A range table entry: a function call in FROM may be an `as_of` to rewrite.
+///
+/// # Safety
+/// `rte` must be a valid range table entry of the query being analyzed.
 unsafe fn visit_rte(rte: *mut pg_sys::RangeTblEntry, f: &mut Option<Option<Funcs>>) {
     if (*rte).rtekind == pg_sys::RTEKind::RTE_FUNCTION {
         if let Some(f) = *f.get_or_insert_with(funcs) {
