@@ -257,6 +257,15 @@ impl Source {
     /// `seq`. Caller checked `keyed()`.
     pub fn row_for_key(&self, key: &[Value], seq: i64, marks: &Marks) -> Option<Row> {
         let info = self.info.as_ref()?;
+        // One state of the history throughout, as the other reads take it: the lookup reads
+        // `driftdb.events`, the packs and the segments one after another, each row as latest
+        // committed, and a purge that rewrites a pack (deletes it, inserts what it keeps)
+        // committing between two of those reads could hide the key's newest event from both,
+        // so that an older one answered (found by test_online_purge_with_writers_and_readers).
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        // a purge that committed before the lock may have moved the history start past `seq`
+        // (read_lock processed its invalidation)
+        self.fresh_info(seq);
         let k = encode_key(key);
         // The key's newest seq at or below `seq` decides. One transaction can file two events
         // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
@@ -274,10 +283,6 @@ impl Source {
             }
             true
         });
-        // a purge that committed during the lookup may have moved the history start past `seq`
-        // SAFETY: processing pending invalidation messages (cheap when there are none).
-        unsafe { pg_sys::AcceptInvalidationMessages() };
-        self.fresh_info(seq);
         let (at, row) = found?;
         // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
         if marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
