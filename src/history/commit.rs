@@ -403,7 +403,8 @@ impl Pending {
     }
 }
 
-/// Buffers `Pending::push_direct` reuses from one lineage to the next.
+/// Buffers `Pending::push_direct` reuses from one lineage to the next, and (`DIRECT`) from one
+/// commit to the next.
 #[derive(Default)]
 struct DirectScratch {
     old: Vec<u8>,
@@ -412,6 +413,16 @@ struct DirectScratch {
     new_cols: codec::TupleScratch,
     key: Vec<u8>,
     old_key: Vec<u8>,
+}
+
+/// `DirectScratch` buffers larger than this are freed after the commit instead of kept.
+const DIRECT_KEEP_BYTES: usize = 256 * 1024;
+
+impl DirectScratch {
+    /// Bytes its row and key buffers hold.
+    fn capacity(&self) -> usize {
+        self.old.capacity() + self.new.capacity() + self.key.capacity() + self.old_key.capacity()
+    }
 }
 
 /// Append the bytes a key `write_key` encoded is filed under, as `encode_key` files it: the key
@@ -682,7 +693,11 @@ unsafe fn table_events(
             out.push(&e, keys);
         }
     }
-    DIRECT.set(Some(direct));
+    // kept for the next commit unless a large row grew them (a session that once wrote a
+    // multi-megabyte row does not hold that memory for good)
+    if direct.capacity() <= DIRECT_KEEP_BYTES {
+        DIRECT.set(Some(direct));
+    }
     // Under a unique key (primary key or REPLICA IDENTITY USING INDEX, both NOT NULL), rows
     // inserted or updated in place are live at commit — deferred uniqueness checks have run by
     // now — so their keys are distinct and no set of keys is needed to know it (a bulk load's
