@@ -143,7 +143,7 @@ for wl in $WORKLOADS; do
     log "$wl $sys: $small instructions for $n ${unit}s, $large for $((5 * n)): ${per[$sys]} per $unit"
   done
   printf '%-8s %14d %14d %10.3f %+14d\n' "$wl" "${per[heap]}" "${per[driftdb]}" \
-    "$(echo "${per[heap]} / ${per[driftdb]}" | bc -l)" "$(( per[driftdb] - per[heap] ))"
+    "$(awk -v h="${per[heap]}" -v d="${per[driftdb]}" 'BEGIN { print h / d }')" "$(( per[driftdb] - per[heap] ))"
   unset per
 done
 [ "$KEEP" = 1 ] && log "keeping $WORK (callgrind.<system>.<workload>.<small|large>.out: callgrind_annotate reads them)" || rm -rf "$WORK"

@@ -23,8 +23,13 @@ thread_local! {
 /// A relation's relcache entry, or a schema, changed (or every entry was reset): the cached
 /// catalog is checked by name again on its next use. DROP EXTENSION, a dropped or renamed
 /// driftdb table and a renamed or dropped schema all send one of these.
-pub fn invalidate() {
+fn invalidate() {
     GENERATION.with(|g| g.set(g.get().wrapping_add(1)));
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    invalidate();
 }
 
 #[pg_guard]
@@ -32,10 +37,11 @@ unsafe extern "C-unwind" fn namespace_changed(_arg: pg_sys::Datum, _cacheid: i32
     invalidate();
 }
 
-/// Registered once, from `_PG_init` (the relcache side is `commit::relcache_callback`).
+/// Registered once, from `_PG_init`.
 pub fn register_invalidation() {
-    // SAFETY: registering a process-lifetime syscache callback from _PG_init.
+    // SAFETY: registering process-lifetime relcache and syscache callbacks from _PG_init.
     unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0usize));
         pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::NAMESPACEOID as i32, Some(namespace_changed), pg_sys::Datum::from(0usize));
     }
 }

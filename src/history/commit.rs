@@ -124,7 +124,6 @@ impl Drop for FlushMemory {
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     TABLE_IDS.with(|c| crate::timetravel::reader::forget_in(&mut c.borrow_mut(), relid));
     SHAPES.with(|c| crate::timetravel::reader::forget_in(&mut c.borrow_mut(), relid));
-    catalog::invalidate();
 }
 
 /// What the commit needs to know about a table to encode its changes, looked up on its first
