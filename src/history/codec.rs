@@ -342,7 +342,11 @@ unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8
             }
         }
         _ => match scalar_value(d, kind) {
-            Some(v) => v.write_msgpack(buf),
+            Some(v) => {
+                v.write_msgpack(buf);
+                // a scalar owns no memory: skip the drop glue of the whole enum per value
+                std::mem::forget(v);
+            }
             None => value_of_kind(d, kind).write_msgpack(buf),
         },
     }

@@ -18,6 +18,7 @@ pub mod decode;
 pub mod ddl;
 pub mod identity;
 pub mod packs;
+pub mod precompress;
 pub mod settle;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};

@@ -355,6 +355,8 @@ pub struct PackWriter {
     b: PackBuilder,
     table_id: i32,
     seq: i64,
+    /// `data` is lz4-compressed: packs are compressed here, ahead of TOAST (`precompress`).
+    lz4: bool,
 }
 
 impl PackWriter {
@@ -367,7 +369,9 @@ impl PackWriter {
             let opts = (*w.rel()).rd_options as *const pg_sys::StdRdOptions;
             if opts.is_null() { DEFAULT_TOAST_TARGET } else { (*opts).toast_tuple_target as usize }
         };
-        PackWriter { w, b: PackBuilder::new(pack_bytes(target)), table_id: 0, seq: 0 }
+        // SAFETY: the writer's relation is open and is driftdb.packs, whose column 8 is data
+        let lz4 = unsafe { super::precompress::column_is_lz4(w.rel(), 8) };
+        PackWriter { w, b: PackBuilder::new(pack_bytes(target)), table_id: 0, seq: 0, lz4 }
     }
 
     /// Start the packs of table `table_id` in transaction `seq`, committed at `committed_at`
@@ -418,6 +422,7 @@ impl PackWriter {
         // with the batch), for driftdb.packs' 8 columns in table order (sql/bootstrap.sql).
         unsafe {
             let old = pg_sys::MemoryContextSwitchTo(self.w.context());
+            let data = if self.lz4 { super::precompress::lz4_varlena(&p.data) } else { None };
             let mut values = [
                 self.table_id.into_datum().unwrap(),
                 self.seq.into_datum().unwrap(),
@@ -426,7 +431,7 @@ impl PackWriter {
                 p.versions.into_datum().unwrap(),
                 p.key_lo.as_slice().into_datum().unwrap(),
                 p.key_hi.as_slice().into_datum().unwrap(),
-                p.data.as_slice().into_datum().unwrap(),
+                data.unwrap_or_else(|| p.data.as_slice().into_datum().unwrap()),
             ];
             pg_sys::MemoryContextSwitchTo(old);
             self.w.push(&mut values, &mut [false; 8]);

@@ -375,9 +375,12 @@ def test_copy_from_stdin_is_packed_and_exact(conn):
         assert len(es) == n and es[0][2] == bytes(lo) and es[-1][2] == bytes(hi) and es[0][0] == ord_
         assert prev_hi is None or bytes(lo) > prev_hi
         prev_hi = bytes(hi)
-    # compressed, and inline: nothing went to the packs table's TOAST relation
-    stored, raw = conn.execute("SELECT sum(pg_column_size(data)), sum(octet_length(data)) FROM driftdb.packs").fetchone()
-    assert stored < raw
+    # compressed (by driftdb, ahead of TOAST, with lz4 as the column says), and inline:
+    # nothing went to the packs table's TOAST relation
+    stored, raw, methods = conn.execute(
+        "SELECT sum(pg_column_size(data)), sum(octet_length(data)), array_agg(DISTINCT pg_column_compression(data)) "
+        "FROM driftdb.packs").fetchone()
+    assert stored < raw * 0.8 and methods == ["lz4"]
     toast = conn.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'driftdb.packs'::regclass").fetchone()[0]
     assert conn.execute(f"SELECT count(*) FROM {toast}").fetchone() == (0,)
     # sized by the table's toast_tuple_target (8160): about 11 kB of events a pack
@@ -396,6 +399,26 @@ def test_copy_from_stdin_is_packed_and_exact(conn):
             (1, mp(i)), (2, mp(f"row {i}")), (3, mp([6, f"{i / 4:.2f}"])), (4, mp(None if i % 5 else "five"))))
         tail = mp([i]) + b"\xc0\xc0" + row + b"\xc0"
         assert got[as_key(i)] == frame_from_tail(s, at, table_id, "i", tail), f"the frame of row {i}"
+    assert_verified(conn, "t")
+
+
+def test_packs_follow_the_column_compression(conn):
+    """driftdb compresses packs itself only when driftdb.packs.data is an lz4 column (as
+    bootstrap.sql makes it); under pglz, PostgreSQL compresses them as it would any value, and
+    both read back the same."""
+    _setup(conn, min_events=100, pack_target=None)
+    conn.execute("ALTER TABLE driftdb.packs ALTER COLUMN data SET COMPRESSION pglz")
+    model, states = {}, []
+    _commit(conn, model, states, "INSERT INTO t SELECT g, 'row ' || g, g / 4.0, NULL FROM generate_series(1, 2000) g")
+    conn.execute("ALTER TABLE driftdb.packs ALTER COLUMN data SET COMPRESSION lz4")
+    _commit(conn, model, states, "UPDATE t SET v = v || ' again', note = 'n' || id WHERE id > 500")
+    by_seq = dict(conn.execute(
+        "SELECT seq, array_agg(DISTINCT pg_column_compression(data)) FROM driftdb.packs GROUP BY seq").fetchall())
+    assert by_seq == {states[0][0]: ["pglz"], states[1][0]: ["lz4"]}
+    for s, want in states:
+        got = _rows(conn, f"SELECT {COLS} FROM driftdb.as_of(NULL::t, %s::bigint)", (s,))
+        assert got == sorted(want.values())
+        assert conn.execute("SELECT v FROM driftdb.as_of(NULL::t, %s::bigint) WHERE id = 1999", (s,)).fetchone() == (want[1999][1],)
     assert_verified(conn, "t")
 
 
