@@ -595,7 +595,7 @@ mod tests {
         }
     }
 
-    /// Value::write_msgpack and Row::write_msgpack (the commit path's encoders) write exactly
+    /// Value::write_msgpack, write_scalar_msgpack and Row::write_msgpack (the commit path's encoders) write exactly
     /// serde's bytes, at every MessagePack length and integer width.
     #[test]
     fn direct_msgpack_is_serde_at_every_width() {
@@ -605,6 +605,9 @@ mod tests {
         for &i in &ints {
             values.push(Value::Int(i));
             values.push(Value::Date(i as i32));
+            values.push(Value::Time(i));
+            values.push(Value::Timestamp(i));
+            values.push(Value::TimestampTz(i));
             values.push(Value::TimeTz(i, i as i32));
             values.push(Value::Interval { months: i as i32, days: (i as i32).wrapping_neg(), micros: i });
             values.push(Value::Array { lower: vec![i as i32], dims: vec![1], elems: vec![Value::Int(i)] });
@@ -622,6 +625,9 @@ mod tests {
             buf.clear();
             v.write_msgpack(&mut buf);
             assert_eq!(buf, rmp_serde::to_vec(v).unwrap(), "{v:?}");
+            buf.clear();
+            v.write_scalar_msgpack(&mut buf);
+            assert_eq!(buf, rmp_serde::to_vec(v).unwrap(), "{v:?} (write_scalar_msgpack)");
         }
         buf.clear();
         crate::value::write_values(&values, &mut buf);

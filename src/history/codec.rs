@@ -136,6 +136,7 @@ fn compute_kind(typid: pg_sys::Oid) -> Kind {
 /// # Safety
 /// `d` must be a non-null varlena datum; the result borrows memory that lives at least as long
 /// as the current memory context.
+#[inline]
 unsafe fn varlena_bytes<'a>(d: pg_sys::Datum) -> &'a [u8] {
     let mut v = d.cast_mut_ptr::<pg_sys::varlena>();
     // what pg_detoast_datum_packed does, without the call for the usual inline value: only a
@@ -343,7 +344,7 @@ unsafe fn write_datum(d: pg_sys::Datum, kind: Kind, utf8: bool, buf: &mut Vec<u8
         }
         _ => match scalar_value(d, kind) {
             Some(v) => {
-                v.write_msgpack(buf);
+                v.write_scalar_msgpack(buf);
                 // a scalar owns no memory: skip the drop glue of the whole enum per value
                 std::mem::forget(v);
             }
