@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from conftest import create_database
 from history_model import (
     WORKLOAD_DDL,
+    assert_verified,
     check_workload,
     current_seq,
     run_worker,
@@ -117,3 +119,135 @@ def test_sigkill_mid_load_keeps_exactly_the_acknowledged_history(cluster_factory
             check_workload(c, tables, records, allow_unknown=True)
     # present for the report: how many outcomes were decided by recovery
     print(f"{len(records)} transactions, {unknown_total} in flight at a kill")
+
+
+BULK_ROWS = 1500  # rows per bulk transaction: over driftdb.pack_min_events (1000), so packed
+
+
+def _bulk_worker(conninfo: str, wid: int, stop: threading.Event, log: list, seed: int) -> None:
+    """Bulk transactions on table `bulk` until `stop` is set or the server dies: loads of an
+    id range of their own (INSERT ... SELECT or COPY FROM STDIN, half each) and UPDATEs of
+    every row of a range this worker loaded and saw committed. Each transaction is appended to
+    `log` before it starts; its status ends as committed (COMMIT returned), unknown (the
+    server died during COMMIT) or failed (it died before COMMIT was sent)."""
+    import random
+
+    import psycopg
+
+    rnd = random.Random(seed)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.Error:
+        return
+    loaded: list[int] = []
+    i = 0
+    try:
+        while not stop.is_set():
+            rec = {"status": "started", "xid": None}
+            log.append(rec)
+            try:
+                conn.execute("BEGIN")
+                rec["xid"] = conn.execute("SELECT txid_current()").fetchone()[0]
+                if loaded and rnd.random() < 0.3:
+                    rec.update(kind="update", lo=rnd.choice(loaded))
+                    conn.execute("UPDATE bulk SET n = n + 1 WHERE id >= %s AND id < %s", (rec["lo"], rec["lo"] + BULK_ROWS))
+                else:
+                    rec.update(kind="load", lo=wid * 15_000_000 + i * BULK_ROWS)
+                    i += 1
+                    lo = rec["lo"]
+                    if rnd.random() < 0.5:
+                        conn.execute("INSERT INTO bulk SELECT g, 'w' || g, 0 FROM generate_series(%s::bigint, %s) g",
+                                     (lo, lo + BULK_ROWS - 1))
+                    else:
+                        with conn.cursor().copy("COPY bulk (id, v, n) FROM STDIN") as cp:
+                            for g in range(lo, lo + BULK_ROWS):
+                                cp.write_row((g, f"w{g}", 0))
+                rec["status"] = "committing"
+                conn.execute("COMMIT")
+                rec["status"] = "committed"
+                if rec["kind"] == "load":
+                    loaded.append(rec["lo"])
+            except psycopg.Error:
+                rec["status"] = "unknown" if rec["status"] == "committing" else "failed"
+                return
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _check_bulk(c, log: list) -> None:
+    """History holds every acknowledged bulk transaction and none that never sent COMMIT, each
+    whole: the live table and the AS OF state after each transaction equal a model built from
+    the transactions history says committed."""
+    seq_of = {t["xid"]: t["seq"] for t in transactions(c)}
+    present = []
+    for rec in log:
+        if rec["xid"] is None:
+            continue
+        if rec["status"] == "committed":
+            assert rec["xid"] in seq_of, f"acknowledged bulk transaction {rec} is missing from history"
+        elif rec["status"] in ("failed", "started"):
+            assert rec["xid"] not in seq_of, f"bulk transaction {rec} never sent COMMIT but is in history"
+        if rec["xid"] in seq_of:
+            present.append((seq_of[rec["xid"]], rec))
+    present.sort(key=lambda p: p[0])
+    # the model after each present transaction: range start -> n of its rows
+    model: dict[int, int] = {}
+    states = []
+    for s, rec in present:
+        if rec["kind"] == "load":
+            model[rec["lo"]] = 0
+        else:
+            model[rec["lo"]] += 1
+        states.append((s, dict(model)))
+
+    def summary(sql: str, *params) -> dict:
+        # per range: row count and the set of n values (a whole transaction updates a whole range)
+        rows = c.execute(
+            f"SELECT id - mod(id, {BULK_ROWS}), count(*), array_agg(DISTINCT n) FROM ({sql}) x GROUP BY 1", params or None).fetchall()
+        return {lo: (cnt, sorted(ns)) for lo, cnt, ns in rows}
+
+    def expect(m: dict) -> dict:
+        return {lo: (BULK_ROWS, [n]) for lo, n in m.items()}
+
+    assert summary("SELECT id, n FROM bulk") == expect(model)
+    step = max(1, len(states) // 8)
+    for s, m in states[::step] + states[-1:]:
+        assert summary("SELECT id, n FROM driftdb.as_of(NULL::bulk, %s::bigint)", s) == expect(m), f"AS OF seq {s}"
+    packed = c.execute("SELECT count(*), count(*) FILTER (WHERE pg_column_compression(data) = 'lz4') FROM driftdb.packs").fetchone()
+    assert packed[0] > 0 and packed[0] == packed[1], f"bulk history is packed, lz4-compressed: {packed}"
+    assert_verified(c, "bulk")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_bulk_loads_keeps_whole_transactions(cluster_factory):
+    """Bulk loads and bulk updates (their history in packs, compressed by driftdb) killed
+    mid-load: after recovery every acknowledged one is in history and in the table, whole, and
+    nothing of those that never committed."""
+    cluster = cluster_factory()
+    create_database(cluster, "bulkcrash")
+    with cluster.connect("bulkcrash") as c:
+        c.execute("CREATE TABLE bulk (id bigint PRIMARY KEY, v text NOT NULL, n int NOT NULL) USING driftdb")
+    log: list = []
+    for rnd, delay in enumerate((0.5, 1.2)):
+        stop = threading.Event()
+        before = len(log)
+        threads = [threading.Thread(target=_bulk_worker, args=(cluster.conninfo("bulkcrash"), rnd * 10 + w, stop, log, rnd * 10 + w),
+                                    daemon=True) for w in range(3)]
+        for th in threads:
+            th.start()
+        time.sleep(delay)
+        _sigkill_postmaster(cluster.datadir)
+        stop.set()
+        for th in threads:
+            th.join(timeout=30)
+        assert not any(th.is_alive() for th in threads), "a bulk worker hung after the kill"
+        this_round = log[before:]
+        assert sum(r["status"] == "committed" for r in this_round) >= 3, f"too little load before the kill: {this_round}"
+        cluster.start()
+        with cluster.connect("bulkcrash") as c:
+            _check_bulk(c, log)
+    # present for the report: how the transactions ended
+    print(f"{len(log)} bulk transactions:", Counter((r["status"], r.get("kind")) for r in log))
