@@ -141,9 +141,12 @@ pub struct PackBuilder {
     table_id: u32,
     first_ord: i32,
     key_lo: Vec<u8>,
-    key_hi: Vec<u8>,
     versions: i32,
-    last: Option<(Vec<u8>, i32)>,
+    /// Where the last entry's key is in `body` (while the pack being built has entries).
+    last_key_at: Option<(usize, usize)>,
+    /// The last key of the previous pack of this sequence (None at its start).
+    carry: Option<Vec<u8>>,
+    last_ord: i32,
 }
 
 /// A finished pack and what its `driftdb.packs` row says about it.
@@ -169,9 +172,54 @@ impl PackBuilder {
             table_id: 0,
             first_ord: 0,
             key_lo: Vec::new(),
-            key_hi: Vec::new(),
             versions: 0,
-            last: None,
+            last_key_at: None,
+            carry: None,
+            last_ord: 0,
+        }
+    }
+
+    /// The key of the entry pushed last in this sequence, if any.
+    fn last_key(&self) -> Option<&[u8]> {
+        match self.last_key_at {
+            Some((a, b)) => Some(&self.body[a..b]),
+            None => self.carry.as_deref(),
+        }
+    }
+
+    /// Start an entry: its offset, header and (unless it opens the tail) key; returns where
+    /// the key is in `body`. The caller has checked the order and the key's length.
+    fn open_entry(&mut self, ord: i32, op: u8, key: &[u8], in_tail: bool) {
+        if self.offsets.is_empty() {
+            self.first_ord = ord;
+            self.key_lo.clear();
+            self.key_lo.extend_from_slice(key);
+        }
+        self.offsets.push(self.body.len() as u32);
+        if matches!(op, b'i' | b'u') {
+            self.versions += 1;
+        }
+        let mut head = [0u8; 8];
+        head[..4].copy_from_slice(&ord.to_le_bytes());
+        head[4] = op;
+        head[5] = if in_tail { KEY_IN_TAIL } else { 0 };
+        head[6..].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        self.body.extend_from_slice(&head);
+        let at = self.body.len();
+        if !in_tail {
+            self.body.extend_from_slice(key);
+        }
+        // stored or not, the key's bytes start here (a tail that opens with it follows)
+        self.last_key_at = Some((at, at + key.len()));
+        self.last_ord = ord;
+    }
+
+    /// Close an entry: returns the pack it completed, if it did.
+    fn close_entry(&mut self) -> Option<BuiltPack> {
+        if HEADER + 4 * self.offsets.len() + self.body.len() >= self.target {
+            self.take()
+        } else {
+            None
         }
     }
 
@@ -191,40 +239,38 @@ impl PackBuilder {
             return Err(PackError::KeyTooLong(e.key.len()));
         }
         frame_op(e.op)?;
-        if let Some((k, o)) = &self.last {
-            if (k.as_slice(), *o) >= (e.key, e.ord) {
+        if let Some(k) = self.last_key() {
+            if (k, self.last_ord) >= (e.key, e.ord) {
                 return Err(PackError::Order(self.offsets.len()));
             }
         }
-        if self.offsets.is_empty() {
-            self.first_ord = e.ord;
-            self.key_lo.clear();
-            self.key_lo.extend_from_slice(e.key);
-        }
-        self.offsets.push(self.body.len() as u32);
-        if matches!(e.op, b'i' | b'u') {
-            self.versions += 1;
-        }
-        let in_tail = e.tail.starts_with(e.key);
-        self.body.extend_from_slice(&e.ord.to_le_bytes());
-        self.body.push(e.op);
-        self.body.push(if in_tail { KEY_IN_TAIL } else { 0 });
-        self.body.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
-        if !in_tail {
-            self.body.extend_from_slice(e.key);
-        }
+        self.open_entry(e.ord, e.op, e.key, e.tail.starts_with(e.key));
         self.body.extend_from_slice(e.tail);
-        self.key_hi.clear();
-        self.key_hi.extend_from_slice(e.key);
-        match &mut self.last {
-            Some((k, o)) => {
-                k.clear();
-                k.extend_from_slice(e.key);
-                *o = e.ord;
-            }
-            None => self.last = Some((e.key.to_vec(), e.ord)),
+        Ok(self.close_entry())
+    }
+
+    /// `push` of an insert whose tail is `encode_row_event_tail([Some(key), None, None,
+    /// Some(row)])`, written straight into the pack: the same bytes, without building the
+    /// tail first (a bulk load's commit streams its rows this way). `filed` is the key as the
+    /// entry files it: `key` itself, or its digest when long. An insert's key is unique in its
+    /// transaction, so keys must strictly ascend here: a key not above the last one is
+    /// refused (`Order`) and nothing is written.
+    pub fn push_insert(&mut self, ord: i32, filed: &[u8], key: &[u8], row: &[u8]) -> Result<Option<BuiltPack>, PackError> {
+        if filed.len() > u16::MAX as usize {
+            return Err(PackError::KeyTooLong(filed.len()));
         }
-        Ok(if HEADER + 4 * self.offsets.len() + self.body.len() >= self.target { self.take() } else { None })
+        if let Some(k) = self.last_key() {
+            if k >= filed || self.last_ord >= ord {
+                return Err(PackError::Order(self.offsets.len()));
+            }
+        }
+        self.open_entry(ord, b'i', filed, key.starts_with(filed));
+        // encode_row_event_tail: key, old key nil, old row nil, new row, schema nil
+        self.body.extend_from_slice(key);
+        self.body.extend_from_slice(&[0xc0, 0xc0]);
+        self.body.extend_from_slice(row);
+        self.body.push(0xc0);
+        Ok(self.close_entry())
     }
 
     /// Add the entry of an event given as a whole frame (rewriting a pack), which must be of
@@ -241,8 +287,9 @@ impl PackBuilder {
     /// The last, partial pack (if any entries are left); the builder then starts a new
     /// sequence, in which keys start over.
     pub fn finish(&mut self) -> Option<BuiltPack> {
-        self.last = None;
-        self.take()
+        let done = self.take();
+        self.carry = None;
+        done
     }
 
     fn take(&mut self) -> Option<BuiltPack> {
@@ -265,10 +312,16 @@ impl PackBuilder {
         data.extend_from_slice(&self.body);
         let crc = crc32fast::hash(&data[12..]);
         data[8..12].copy_from_slice(&crc.to_le_bytes());
+        let key_hi = self.last_key().map(<[u8]>::to_vec).unwrap_or_default();
+        // the next pack of this sequence goes on from this one's last key
+        let carry = self.carry.get_or_insert_with(Vec::new);
+        carry.clear();
+        carry.extend_from_slice(&key_hi);
+        self.last_key_at = None;
         self.offsets.clear();
         self.body.clear();
         let versions = std::mem::take(&mut self.versions);
-        Some(BuiltPack { data, first_ord: self.first_ord, count: n as i32, versions, key_lo: self.key_lo.clone(), key_hi: self.key_hi.clone() })
+        Some(BuiltPack { data, first_ord: self.first_ord, count: n as i32, versions, key_lo: self.key_lo.clone(), key_hi })
     }
 }
 
@@ -574,6 +627,56 @@ mod tests {
         assert_eq!(r, vec![b"k00010".to_vec(), b"k00011".to_vec(), b"k00012".to_vec()]);
         assert_eq!(v.range(b"k00012x", b"k00013").count(), 1);
         assert_eq!(v.range(b"x", b"y").count(), 0);
+    }
+
+    /// push_insert writes exactly the packs push writes for the tails encode_row_event_tail
+    /// makes, across pack boundaries and sequences, with keys in the tail and filed apart
+    /// (a long key's digest); it refuses a key that does not strictly ascend, writing nothing.
+    #[test]
+    fn push_insert_is_push_of_an_insert_tail() {
+        let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = (0..700u32)
+            .map(|i| {
+                let key = format!("\u{91}k{i:05}").into_bytes();
+                // every 7th key is filed under something else, as a long key is under its digest
+                let filed = if i % 7 == 3 { format!("\u{91}k{i:05}#").into_bytes() } else { key.clone() };
+                let row = vec![0x81, 0x01, (i % 120) as u8].into_iter().chain(std::iter::repeat(b'r').take((i % 40) as usize)).collect();
+                (filed, key, row)
+            })
+            .collect();
+        for target in [300usize, 2000, usize::MAX] {
+            let (mut a, mut b) = (PackBuilder::new(target), PackBuilder::new(target));
+            let (mut pa, mut pb) = (Vec::new(), Vec::new());
+            for (seq, part) in [(SEQ, &rows[..400]), (SEQ + 1, &rows[400..])] {
+                pa.extend(a.start(seq, AT, TABLE));
+                pb.extend(b.start(seq, AT, TABLE));
+                for (i, (filed, key, row)) in part.iter().enumerate() {
+                    let mut tail = Vec::new();
+                    crate::frame::encode_row_event_tail([Some(key), None, None, Some(row)], &mut tail);
+                    pa.extend(a.push(NewEntry { ord: 2 * i as i32, op: b'i', key: filed, tail: &tail }).unwrap());
+                    pb.extend(b.push_insert(2 * i as i32, filed, key, row).unwrap());
+                }
+            }
+            pa.extend(a.finish());
+            pb.extend(b.finish());
+            assert!(target == usize::MAX || pa.len() > 2, "several packs at target {target}");
+            assert_eq!(pa, pb, "target {target}");
+            for p in &pb {
+                Pack::parse(&p.data).unwrap();
+            }
+        }
+        let mut b = PackBuilder::new(300);
+        b.start(SEQ, AT, TABLE);
+        let mut n = 0;
+        for i in 0..40 {
+            let k = format!("k{i:03}").into_bytes();
+            n += b.push_insert(i, &k, &k, b"\x80").unwrap().map_or(0, |p| p.count);
+        }
+        assert!(n > 0, "a pack was cut: the next checks run against the carried last key");
+        assert_eq!(b.push_insert(40, b"k039", b"k039", b"\x80"), Err(PackError::Order(b.offsets.len())), "an equal key");
+        assert_eq!(b.push_insert(40, b"k038", b"k038", b"\x80"), Err(PackError::Order(b.offsets.len())), "a lower key");
+        assert_eq!(b.push_insert(39, b"k040", b"k040", b"\x80"), Err(PackError::Order(b.offsets.len())), "a lower ord");
+        let total = n + b.finish().map_or(0, |p| p.count);
+        assert_eq!(total, 40, "refused entries wrote nothing");
     }
 
     #[test]

@@ -601,6 +601,20 @@ unsafe fn rel_exists(relid: pg_sys::Oid) -> bool {
     )
 }
 
+/// Reset a per-row scratch context if a row left anything in it, as `MemoryContextReset` would
+/// decide (an allocation since the last reset, or a child context): most rows leave nothing,
+/// their values being read in place, and the check is two field reads where the reset is a
+/// guarded call into the server per row.
+///
+/// # Safety
+/// `scratch` must be a valid memory context that is not the current one.
+unsafe fn reset_if_used(scratch: &mut PgMemoryContexts) {
+    let cx = scratch.value();
+    if !(*cx).isReset || !(*cx).firstchild.is_null() {
+        scratch.reset();
+    }
+}
+
 /// The event of one lineage, None if it nets to nothing.
 unsafe fn lineage_event(
     versions: &mut VersionReader,
@@ -610,7 +624,7 @@ unsafe fn lineage_event(
     scratch: &mut PgMemoryContexts,
 ) -> Option<Event> {
     let (old, new) = scratch.switch_to(|_| (orig.as_ref().map(|e| materialize(versions, e)), cur.as_ref().map(|e| materialize(versions, e))));
-    scratch.reset();
+    reset_if_used(scratch);
     Some(match (old, new) {
         (None, Some(new)) => event(Op::Insert, key_of(ident, &new), None, Some(new)),
         (Some(old), None) => event(Op::Delete, key_of(ident, &old), Some(old), None),
@@ -683,7 +697,7 @@ unsafe fn table_events(
         if let (Some(key), Some(o), Some(c)) = (direct_key, handle(orig), handle(cur)) {
             if o.is_none() || c.is_none() || updates_direct {
                 scratch.switch_to(|_| out.push_direct(&mut versions, o, c, key, &mut direct));
-                scratch.reset();
+                reset_if_used(scratch);
                 continue;
             }
         }
@@ -897,8 +911,8 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
     pw.start(id, seq, ts);
     let mut cols = codec::TupleScratch::default();
     cols.prepare(desc, &shape.columns);
-    // the row and its key as encoded, the key as filed (and the previous one), the frame tail
-    let (mut row, mut key, mut filed, mut prev, mut tail) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // the row and its key as encoded
+    let (mut row, mut key) = (Vec::new(), Vec::new());
     let mut sorted = true;
     for (i, (_, cur)) in tc.lineages.iter().enumerate() {
         let Some(Endpoint::Handle(h)) = cur else { unreachable!("checked: pure inserts") };
@@ -907,21 +921,16 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
             row.clear();
             codec::write_tuple(desc, &mut tuple, &mut row, &mut cols);
         });
-        scratch.reset();
+        reset_if_used(scratch);
         key.clear();
         write_key(&mut key, &attnums, &row, &cols);
-        // the key as the index files it (a long one under its digest), which orders packs
-        filed.clear();
-        put_filed(&mut filed, &key);
-        if i > 0 && filed <= prev {
+        // the key as the index files it (a long one under its digest), which orders packs;
+        // an insert's event, as push_direct encodes it, written straight into the pack
+        let digest = long_key_digest(&key);
+        if !pw.push_insert(2 * i as i32, digest.as_ref().map_or(&key[..], |d| &d[..]), &key, &row) {
             sorted = false;
             break;
         }
-        std::mem::swap(&mut filed, &mut prev);
-        // an insert's event, as push_direct encodes it
-        tail.clear();
-        encode_row_event_tail([Some(&key[..]), None, None, Some(&row[..])], &mut tail);
-        pw.push(2 * i as i32, b'i', &prev, &tail);
     }
     pw.finish();
     drop(versions);

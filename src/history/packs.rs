@@ -390,6 +390,19 @@ impl PackWriter {
         self.written(built);
     }
 
+    /// Add an insert event, its tail written straight into the pack from the key and the row
+    /// (`PackBuilder::push_insert`; `filed`: the key as filed). False, and nothing written,
+    /// when its key does not ascend above the last one pushed.
+    pub fn push_insert(&mut self, ord: i32, filed: &[u8], key: &[u8], row: &[u8]) -> bool {
+        match self.b.push_insert(ord, filed, key, row) {
+            Err(driftdb_core::PackError::Order(_)) => false,
+            built => {
+                self.written(built);
+                true
+            }
+        }
+    }
+
     /// Add an event given as its whole frame (rewriting a pack).
     fn push_frame(&mut self, ord: i32, op: u8, key: &[u8], frame: &[u8]) {
         let built = self.b.push_frame(ord, op, key, frame);
