@@ -429,7 +429,12 @@ pub unsafe fn write_tuple(tupdesc: pg_sys::TupleDesc, tuple: pg_sys::HeapTuple, 
         if a.attisdropped {
             continue;
         }
-        rmp::encode::write_uint(buf, (i + 1) as u64).unwrap();
+        // the attnum: a positive fixint (one byte, as write_uint writes it) below 128
+        if i + 1 < 128 {
+            buf.push((i + 1) as u8);
+        } else {
+            rmp::encode::write_uint(buf, (i + 1) as u64).unwrap();
+        }
         let start = buf.len();
         if scratch.nulls[i] {
             rmp::encode::write_nil(buf).unwrap();

@@ -1276,6 +1276,12 @@ mod tests {
         assert_eq!(compare_insert_encodings("enc_keyed", "k1"), 61);
         Spi::run("ALTER TABLE enc_unkeyed ADD COLUMN rid serial").unwrap();
         assert_eq!(compare_insert_encodings("enc_unkeyed", "rid"), 21);
+        // attnums from 128 on take two bytes in the row's map (a uint 8, not a fixint)
+        let cols: Vec<String> = (1..=140).map(|i| format!("c{i} int")).collect();
+        Spi::run(&format!("CREATE TABLE enc_wide (id int PRIMARY KEY, {})", cols.join(", "))).unwrap();
+        let vals: Vec<String> = (1..=140).map(|i| if i % 9 == 0 { "NULL".to_string() } else { format!("g * {i}") }).collect();
+        Spi::run(&format!("INSERT INTO enc_wide SELECT g, {} FROM generate_series(1, 5) g", vals.join(", "))).unwrap();
+        assert_eq!(compare_insert_encodings("enc_wide", "id"), 5);
     }
 
     /// Updates (of other columns, of the key, to the same values) and deletes, both ways.
