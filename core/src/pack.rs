@@ -264,7 +264,9 @@ impl PackBuilder {
                 return Err(PackError::Order(self.offsets.len()));
             }
         }
-        self.open_entry(ord, b'i', filed, key.starts_with(filed));
+        // filed is usually key itself: no need to compare it with itself
+        let in_tail = std::ptr::eq(filed, key) || key.starts_with(filed);
+        self.open_entry(ord, b'i', filed, in_tail);
         // encode_row_event_tail: key, old key nil, old row nil, new row, schema nil
         self.body.extend_from_slice(key);
         self.body.extend_from_slice(&[0xc0, 0xc0]);
