@@ -7,6 +7,7 @@ cluster keeps conftest's fsync = off: a SIGKILL of the server leaves the OS page
 so WAL written before a COMMIT was acknowledged survives exactly as with fsync."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -79,6 +80,17 @@ def _sigkill_postmaster(datadir: Path) -> None:
         (datadir / "postmaster.pid").unlink()
 
 
+def _kill_under_load(cluster, threads: list, stop: threading.Event, delay: float) -> None:
+    """After `delay` seconds of the workers' load, SIGKILL the server; then stop the workers
+    and wait for them (each returns when its connection dies)."""
+    time.sleep(delay)
+    _sigkill_postmaster(cluster.datadir)
+    stop.set()
+    for th in threads:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in threads), "a worker hung after the kill"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_load_keeps_exactly_the_acknowledged_history(cluster_factory):
     cluster = cluster_factory()
@@ -94,12 +106,7 @@ def test_sigkill_mid_load_keeps_exactly_the_acknowledged_history(cluster_factory
         before = len(records)
         threads, records = run_workload(cluster.conninfo("crash"), tables, workers=4, ntx=None,
                                         keys=40, stop=stop, seed=100 + rnd, records=records)
-        time.sleep(delay)
-        _sigkill_postmaster(cluster.datadir)
-        stop.set()
-        for th in threads:
-            th.join(timeout=30)
-        assert not any(th.is_alive() for th in threads), "a worker hung after the kill"
+        _kill_under_load(cluster, threads, stop, delay)
         this_round = records[before:]
         assert sum(r.status == "committed" for r in this_round) > 20, "too little load before the kill"
 
@@ -171,10 +178,8 @@ def _bulk_worker(conninfo: str, wid: int, stop: threading.Event, log: list, seed
                 rec["status"] = "unknown" if rec["status"] == "committing" else "failed"
                 return
     finally:
-        try:
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:
-            pass
 
 
 def _check_bulk(c, log: list) -> None:
@@ -238,12 +243,7 @@ def test_sigkill_mid_bulk_loads_keeps_whole_transactions(cluster_factory):
                                     daemon=True) for w in range(3)]
         for th in threads:
             th.start()
-        time.sleep(delay)
-        _sigkill_postmaster(cluster.datadir)
-        stop.set()
-        for th in threads:
-            th.join(timeout=30)
-        assert not any(th.is_alive() for th in threads), "a bulk worker hung after the kill"
+        _kill_under_load(cluster, threads, stop, delay)
         this_round = log[before:]
         assert sum(r["status"] == "committed" for r in this_round) >= 3, f"too little load before the kill: {this_round}"
         cluster.start()
