@@ -44,7 +44,7 @@ use std::borrow::Cow;
 use thiserror::Error;
 
 use crate::event::Op;
-use crate::frame::{encode_frame_from_tail, split_frame};
+use crate::frame::{encode_frame_from_tail, encode_row_event_tail, split_frame};
 
 pub const PACK_MAGIC: [u8; 2] = *b"DP";
 /// The version this build writes; it reads `PACK_FORMAT_V1` too.
@@ -187,8 +187,8 @@ impl PackBuilder {
         }
     }
 
-    /// Start an entry: its offset, header and (unless it opens the tail) key; returns where
-    /// the key is in `body`. The caller has checked the order and the key's length.
+    /// Start an entry: its offset, header and (unless it opens the tail) key, and note where
+    /// the key's bytes are in `body`. The caller has checked the order and the key's length.
     fn open_entry(&mut self, ord: i32, op: u8, key: &[u8], in_tail: bool) {
         if self.offsets.is_empty() {
             self.first_ord = ord;
@@ -267,11 +267,7 @@ impl PackBuilder {
         // filed is usually key itself: no need to compare it with itself
         let in_tail = std::ptr::eq(filed, key) || key.starts_with(filed);
         self.open_entry(ord, b'i', filed, in_tail);
-        // encode_row_event_tail: key, old key nil, old row nil, new row, schema nil
-        self.body.extend_from_slice(key);
-        self.body.extend_from_slice(&[0xc0, 0xc0]);
-        self.body.extend_from_slice(row);
-        self.body.push(0xc0);
+        encode_row_event_tail([Some(key), None, None, Some(row)], &mut self.body);
         Ok(self.close_entry())
     }
 
