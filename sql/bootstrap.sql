@@ -24,17 +24,19 @@ CREATE TABLE driftdb.tables (
     relid             regclass NOT NULL UNIQUE,
     registered_seq    bigint NOT NULL,          -- seq of the first transaction recorded
     history_start_seq bigint NOT NULL DEFAULT 0, -- history is complete after this seq (0: from creation)
-    key_attnums       int2[],                   -- identity the events' keys were recorded under at
-                                                -- registration ('{}': REPLICA IDENTITY FULL, NULL: none)
-    keys_stable       boolean NOT NULL DEFAULT true, -- false once the identity changed: keys of
-                                                -- older events no longer name rows by the current
-                                                -- identity, so AS OF key lookups replay instead
+    key_attnums       int2[],                   -- identity the events' keys are recorded under since
+                                                -- keyed_from ('{}': REPLICA IDENTITY FULL, NULL: none)
+    keys_stable       boolean NOT NULL DEFAULT true, -- false: AS OF key lookups replay. Set by earlier
+                                                -- builds at an identity change (they had no
+                                                -- keyed_from); kept so their dumps restore as they were
     retention         interval,                 -- history older than this is purged by
                                                 -- driftdb.maintain() (NULL: kept forever)
     compacted_upto    bigint NOT NULL DEFAULT 0, -- every compactable event <= this is in a segment
     last_compaction   timestamptz,
-    history_purged    boolean NOT NULL DEFAULT false -- history_start_seq is a purge horizon
+    history_purged    boolean NOT NULL DEFAULT false, -- history_start_seq is a purge horizon
                                                 -- (not the seq of a conversion)
+    keyed_from        bigint NOT NULL DEFAULT 0 -- events from this seq on are keyed by key_attnums
+                                                -- (the identity changed at it; 0: since registration)
 ) USING heap;
 
 -- One row per committed transaction that changed driftdb rows: the audit trail.

@@ -757,7 +757,7 @@ unsafe fn table_id(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
         return id;
     }
     let id = register(cat, relid, seq, baseline);
-    check_keys(cat, relid);
+    check_keys(cat, relid, seq);
     TABLE_IDS.with(|c| c.borrow_mut().insert(relid, (id, false)));
     id
 }
@@ -777,27 +777,31 @@ unsafe fn identity_attnums(relid: pg_sys::Oid) -> Option<Vec<i16>> {
 
 /// On a cache miss (first commit in this backend, or after the table's relcache entry was
 /// invalidated — which every identity change does): if the table's identity is no longer the
-/// one its events were keyed by at registration, mark its keys unstable, once. AS OF key
-/// lookups then replay instead of trusting the key index (timetravel/reader.rs).
-unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid) {
+/// one its events are keyed by (`driftdb.tables.key_attnums`), this commit (`seq`) is where
+/// the new identity's keys begin: record it (`keyed_from`) with the new identity, once. Every
+/// write of the table since the identity change commits at or after `seq` (the change took an
+/// ACCESS EXCLUSIVE lock), and this commit's events are encoded under the new identity. AS OF
+/// key lookups at or after `keyed_from` read the key index from there on
+/// (`timetravel::engine::Source::row_for_key`); earlier points replay.
+unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid, seq: i64) {
     let current = identity_attnums(relid);
-    let stable_and_same = |cat: &Catalog| {
-        let mut r = (true, true);
+    let same = |cat: &Catalog| {
+        let mut same = true;
         let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
         catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
-            let stable = catalog::attr(tup, rel, 6).is_none_or(|d| d.value() != 0);
-            let registered: Option<Vec<i16>> = catalog::attr(tup, rel, 5).and_then(|d| Vec::<i16>::from_datum(d, false));
-            r = (stable, registered == current);
+            let recorded: Option<Vec<i16>> = catalog::attr(tup, rel, 5).and_then(|d| Vec::<i16>::from_datum(d, false));
+            same = recorded == current;
             false
         });
-        r
+        same
     };
-    let (stable, same) = stable_and_same(cat);
-    if !stable || same {
+    if same(cat) {
         return;
     }
+    // two first committers after the change: the second finds the first one's record (and
+    // its own events, at a later seq, are keyed as the record says)
     pg_sys::LockDatabaseObject(cat.tables, relid, 0, pg_sys::ExclusiveLock as i32);
-    if !stable_and_same(cat).0 {
+    if same(cat) {
         return;
     }
     let rel = pg_sys::table_open(cat.tables, pg_sys::RowExclusiveLock as i32);
@@ -812,10 +816,18 @@ unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid) {
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![false; natts];
         let mut repl = vec![false; natts];
-        values[5] = pg_sys::Datum::from(false);
-        repl[5] = true;
+        // key_attnums (column 5) and keyed_from (column 11)
+        match current.clone().into_datum() {
+            Some(d) => values[4] = d,
+            None => nulls[4] = true,
+        }
+        repl[4] = true;
+        values[10] = seq.into_datum().unwrap();
+        repl[10] = true;
         let newtup = pg_sys::heap_modify_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr(), repl.as_mut_ptr());
         pg_sys::CatalogTupleUpdate(rel, &mut (*newtup).t_self, newtup);
+        // readers that cached the registration before (timetravel/reader.rs) read it again
+        pg_sys::CacheInvalidateRelcacheByRelid(relid);
     }
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
 }
@@ -847,8 +859,9 @@ unsafe fn register(cat: &Catalog, relid: pg_sys::Oid, seq: i64, baseline: bool) 
         pg_sys::Datum::from(0i64),   // compacted_upto
         pg_sys::Datum::from(0usize), // last_compaction: never
         pg_sys::Datum::from(false),  // history_purged
+        pg_sys::Datum::from(0i64),   // keyed_from: keyed as registered
     ];
-    w.insert(&mut values, &mut [false, false, false, false, key_attnums.is_none(), false, true, false, true, false]);
+    w.insert(&mut values, &mut [false, false, false, false, key_attnums.is_none(), false, true, false, true, false, false]);
     id
 }
 

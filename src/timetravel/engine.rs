@@ -8,7 +8,7 @@
 //! recorded before a primary key existed replays exactly like the doctor's check.
 use std::cell::Cell;
 
-use driftdb_core::{encode_key, ImageReplay, Op, Row, Value, Version, VersionBuilder};
+use driftdb_core::{encode_key, Event, ImageReplay, Op, Row, Value, Version, VersionBuilder};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -120,6 +120,8 @@ pub struct Source {
     pub info: Option<TableInfo>,
     /// The table's identity now.
     pub identity: Identity,
+    /// The open relation (the caller keeps it open while the source is used).
+    rel: pg_sys::Relation,
 }
 
 impl Source {
@@ -127,7 +129,7 @@ impl Source {
     /// `rel` must be an open driftdb relation.
     pub unsafe fn new(cat: Catalog, rel: pg_sys::Relation) -> Source {
         let relid = (*rel).rd_id;
-        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel) }
+        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel), rel }
     }
 
     fn key_cols(&self) -> Option<Vec<u16>> {
@@ -244,8 +246,14 @@ impl Source {
     }
 
     /// Can one key's row at a bound be read from the key index? Only while the events' keys
-    /// name rows by the current identity.
+    /// name rows by the current identity, since registration (`keyed_lookup_at` also answers
+    /// point lookups after an identity change).
     pub fn keyed(&self) -> bool {
+        self.keys_current() && self.info.as_ref().is_none_or(|i| i.keyed_from == 0)
+    }
+
+    /// Are the events' keys, since `keyed_from`, those of the current identity?
+    fn keys_current(&self) -> bool {
         match (&self.info, &self.identity) {
             (Some(i), Identity::Key(cols)) => i.keys_stable && i.key_attnums.as_ref() == Some(cols),
             (None, _) => true,
@@ -253,8 +261,14 @@ impl Source {
         }
     }
 
+    /// Can `row_for_key` answer at settled `seq`? As `keyed`, and also at or after the seq
+    /// where the current identity's keys begin (`driftdb.tables.keyed_from`).
+    pub fn keyed_lookup_at(&self, seq: i64) -> bool {
+        self.keys_current() && self.info.as_ref().is_none_or(|i| i.keyed_from == 0 || seq >= i.keyed_from)
+    }
+
     /// The row with identity `key` (current identity columns, in identity order) at settled
-    /// `seq`. Caller checked `keyed()`.
+    /// `seq`. Caller checked `keyed_lookup_at(seq)`.
     pub fn row_for_key(&self, key: &[Value], seq: i64, marks: &Marks) -> Option<Row> {
         let info = self.info.as_ref()?;
         // One state of the history throughout, as the other reads take it: the lookup reads
@@ -265,8 +279,12 @@ impl Source {
         let _lock = crate::segments::read_lock(&self.cat, info.table_id);
         // a purge that committed before the lock may have moved the history start past `seq`
         // (read_lock processed its invalidation)
-        self.fresh_info(seq);
+        let fresh = self.fresh_info(seq);
+        let keyed_from = fresh.as_ref().map_or(info.keyed_from, |i| i.keyed_from);
         let k = encode_key(key);
+        if keyed_from > 0 {
+            return self.row_for_key_since(key, &k, seq, keyed_from, info.table_id);
+        }
         // The key's newest seq at or below `seq` decides. One transaction can file two events
         // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
         // wrote an image is the key's state after that transaction.
@@ -290,6 +308,77 @@ impl Source {
         } else {
             row
         }
+    }
+
+    /// `row_for_key` after an identity change: events from `from` (`keyed_from`) on are filed
+    /// under the current identity's keys, older ones are not (rows loaded before the primary
+    /// key existed have no key at all). `seq >= from`. The key's state at `seq` is, in order:
+    /// 1. what its newest event in `[from, seq]` left (as without a change);
+    /// 2. else, if events came later, the old image of the first of them: nothing touched the
+    ///    key between `seq` and that event;
+    /// 3. else the live row: nothing touched the key since `from`, so the row it has now is
+    ///    the one it had at `seq`. The live table is read with a snapshot taken before the
+    ///    history, so a change that snapshot sees has its events in what the history read
+    ///    finds (and the key would not be in this case).
+    ///
+    /// A TRUNCATE in `[from, seq]` that no later event of the key follows removed the row. A
+    /// TRUNCATE after `seq` would hide the state before it from 2 and 3: then, as when the
+    /// live row cannot be looked up, the whole state is replayed.
+    fn row_for_key_since(&self, key: &[Value], k: &[u8], seq: i64, from: i64, table_id: i32) -> Option<Row> {
+        let Some(snap) = super::live::CommittedSnapshot::take() else {
+            return self.row_for_key_by_replay(k, seq);
+        };
+        let truncates = reader::truncates_from(&self.cat, table_id, from);
+        if truncates.iter().any(|&t| t > seq) {
+            return self.row_for_key_by_replay(k, seq);
+        }
+        // the key's events from `from` on, newest first, grouped by seq: the newest group at
+        // or below `seq` (case 1) and the oldest above it (case 2)
+        let mut at_or_below: Option<(i64, Vec<(u8, Event)>)> = None;
+        let mut above: Option<(i64, Vec<(u8, Event)>)> = None;
+        reader::key_events_desc(&self.cat, table_id, k, i64::MAX, |s, op, e| {
+            if s < from {
+                return false; // filed under an earlier identity's key that happens to match
+            }
+            let slot = if s > seq { &mut above } else { &mut at_or_below };
+            match slot {
+                Some((at, evs)) if *at == s => evs.push((op, e)),
+                Some(_) if s <= seq => return false, // the newest group at or below is complete
+                _ => *slot = Some((s, vec![(op, e)])),
+            }
+            true
+        });
+        if let Some((at, evs)) = at_or_below {
+            // case 1: whatever wrote an image is the key's state after that transaction
+            let row = evs.into_iter().filter(|(op, _)| *op == b'i' || *op == b'u').find_map(|(_, e)| e.new);
+            return if truncates.iter().any(|&t| t > at && t <= seq) { None } else { row };
+        }
+        if !truncates.is_empty() {
+            return None; // truncated in [from, seq], and nothing since up to seq brought it back
+        }
+        if let Some((_, evs)) = above {
+            // case 2: the image the first later transaction found under the key (an update
+            // that moved another row onto the key found none there)
+            let cols = self.key_cols().unwrap_or_default();
+            return evs
+                .into_iter()
+                .filter(|(op, _)| matches!(op, b'u' | b'd' | b'm'))
+                .filter_map(|(_, e)| e.old)
+                .find(|old| encode_key(&old.project(&cols)) == k);
+        }
+        // case 3
+        // SAFETY: `rel` is open (Source::new's contract); its identity is `key`'s (checked by
+        // keyed_lookup_at through keys_current).
+        match unsafe { super::live::row_for_key(self.rel, key, &snap) } {
+            Ok(row) => row,
+            Err(()) => self.row_for_key_by_replay(k, seq),
+        }
+    }
+
+    /// The row with encoded identity key `k` in the whole state at `seq`.
+    fn row_for_key_by_replay(&self, k: &[u8], seq: i64) -> Option<Row> {
+        let cols = self.key_cols()?;
+        self.rows_at(seq).0.into_iter().find(|r| encode_key(&r.project(&cols)) == k)
     }
 
     /// The rows whose identity key is one of `keys` at settled `seq` (each looked up in the

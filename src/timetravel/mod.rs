@@ -27,6 +27,7 @@ macro_rules! pg_function_info_v1 {
 
 pub mod engine;
 pub mod guc;
+pub mod live;
 pub mod planner;
 pub mod reader;
 pub mod scan;

@@ -26,10 +26,14 @@ pub struct TableInfo {
     pub table_id: i32,
     pub registered_seq: i64,
     pub history_start_seq: i64,
-    /// Identity columns the events' keys are recorded under (None: FULL or none).
+    /// Identity columns the events' keys are recorded under since `keyed_from` (None: FULL or
+    /// none).
     pub key_attnums: Option<Vec<u16>>,
-    /// False once the identity changed after registration.
+    /// False: key lookups replay (set by earlier builds at an identity change).
     pub keys_stable: bool,
+    /// The seq from which events are keyed by `key_attnums` (0: since registration; else the
+    /// first commit after an identity change).
+    pub keyed_from: i64,
     /// Every compactable event with seq ≤ this is in a segment.
     pub compacted_upto: i64,
     /// `history_start_seq` is a purge horizon (not the seq of a conversion).
@@ -135,6 +139,7 @@ pub fn table_info(cat: &Catalog, relid: pg_sys::Oid) -> Option<TableInfo> {
                 keys_stable: get(6).is_none_or(|d| d.value() != 0),
                 compacted_upto: get(8).map_or(0, |d| d.value() as i64),
                 history_purged: get(10).is_some_and(|d| d.value() != 0),
+                keyed_from: get(11).map_or(0, |d| d.value() as i64),
             });
             false
         });
@@ -180,12 +185,35 @@ pub fn marks(cat: &Catalog, relid: pg_sys::Oid, info: &TableInfo, settled: i64) 
     m
 }
 
+/// The seqs of the table's TRUNCATEs at or after `from`, ascending, as committed now (this
+/// reads `driftdb.events` afresh, unlike `marks`, whose cache is complete only up to the bound
+/// it was read for). Only the key-less events from `from` on are read: rows written before a
+/// table had an identity are key-less too, and may be many.
+pub fn truncates_from(cat: &Catalog, table_id: i32, from: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    // SAFETY: catalog-style read of driftdb.events through events_key with key IS NULL.
+    unsafe {
+        null_key_scan_from(cat, table_id, from, |seq, op, _| {
+            if op == b't' {
+                out.push(seq);
+            }
+            true
+        });
+    }
+    out
+}
+
 /// Events of the table with `key IS NULL` (TRUNCATE, schema, rows of tables without
 /// identity), ascending seq: `f(seq, op, frame)` until it returns false.
-unsafe fn null_key_scan(cat: &Catalog, table_id: i32, mut f: impl FnMut(i64, u8, &[u8]) -> bool) {
+unsafe fn null_key_scan(cat: &Catalog, table_id: i32, f: impl FnMut(i64, u8, &[u8]) -> bool) {
+    null_key_scan_from(cat, table_id, i64::MIN, f)
+}
+
+/// `null_key_scan` of the events with seq >= `from`.
+unsafe fn null_key_scan_from(cat: &Catalog, table_id: i32, from: i64, mut f: impl FnMut(i64, u8, &[u8]) -> bool) {
     let rel = pg_sys::table_open(cat.events, pg_sys::AccessShareLock as i32);
     let idx = pg_sys::index_open(cat.events_key, pg_sys::AccessShareLock as i32);
-    let mut sk: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    let mut sk: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
     pg_sys::ScanKeyInit(&mut sk[0], 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT4EQ), pg_sys::Datum::from(table_id));
     pg_sys::ScanKeyEntryInitialize(
         &mut sk[1],
@@ -197,7 +225,9 @@ unsafe fn null_key_scan(cat: &Catalog, table_id: i32, mut f: impl FnMut(i64, u8,
         pg_sys::InvalidOid.into(),
         pg_sys::Datum::from(0usize),
     );
-    let scan = pg_sys::systable_beginscan_ordered(rel, idx, catalog::snapshot_self(), 2, sk.as_mut_ptr());
+    // seq (heap column 2) >= from
+    pg_sys::ScanKeyInit(&mut sk[2], 2, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8GE), pg_sys::Datum::from(from));
+    let scan = pg_sys::systable_beginscan_ordered(rel, idx, catalog::snapshot_self(), 3, sk.as_mut_ptr());
     loop {
         let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
         if tup.is_null() {

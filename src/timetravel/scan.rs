@@ -543,7 +543,14 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
     if st.decoder.is_none() {
         st.decoder = Some(srf::decoder_for(rel, &marks));
     }
-    if st.kind != KIND_FULL && src.keyed() {
+    // key lookups and lists read the key index (also after an identity change, from the seq
+    // where the new keys begin); ranges only while the keys are those of registration
+    let by_key = match st.kind {
+        KIND_FULL => false,
+        KIND_KEY | KIND_ANY => src.keyed_lookup_at(seq),
+        _ => src.keyed(),
+    };
+    if by_key {
         match st.kind {
             KIND_KEY => {
                 let Some(key) = eval_key(node) else {

@@ -1201,9 +1201,9 @@ def test_purge_after_an_identity_change(db, compacted):
     tx("DELETE FROM ic WHERE id = 6", apply=lambda m: m.pop(6))
     conn.execute("ALTER TABLE ic DROP CONSTRAINT ic_pkey")
     conn.execute("ALTER TABLE ic ADD PRIMARY KEY (code)")
-    tx("UPDATE ic SET v = -1 WHERE id = 1", apply=lambda m: m.update({1: ("c1", -1)}))
-    assert conn.execute("SELECT keys_stable, key_attnums FROM driftdb.tables WHERE relid = 'ic'::regclass").fetchone() \
-        == (False, [1]), "the identity change was not registered"
+    changed = tx("UPDATE ic SET v = -1 WHERE id = 1", apply=lambda m: m.update({1: ("c1", -1)}))
+    assert conn.execute("SELECT keys_stable, key_attnums, keyed_from FROM driftdb.tables WHERE relid = 'ic'::regclass") \
+        .fetchone() == (True, [2], changed), "the identity change was not registered"
     h = tx("INSERT INTO ic VALUES (7, 'c7', 7)", apply=lambda m: m.update({7: ("c7", 7)}))
     tx("UPDATE ic SET v = v + 1 WHERE id IN (2, 4, 7)",
        apply=lambda m: m.update({k: (m[k][0], m[k][1] + 1) for k in (2, 4, 7)}))
