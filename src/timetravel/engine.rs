@@ -122,6 +122,8 @@ pub struct Source {
     pub identity: Identity,
     /// The open relation (the caller keeps it open while the source is used).
     rel: pg_sys::Relation,
+    /// Set when a key lookup had to replay the whole state (`row_for_key_since`), for EXPLAIN.
+    pub lookup_replayed: Cell<bool>,
 }
 
 impl Source {
@@ -129,7 +131,7 @@ impl Source {
     /// `rel` must be an open driftdb relation.
     pub unsafe fn new(cat: Catalog, rel: pg_sys::Relation) -> Source {
         let relid = (*rel).rd_id;
-        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel), rel }
+        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel), rel, lookup_replayed: Cell::new(false) }
     }
 
     fn key_cols(&self) -> Option<Vec<u16>> {
@@ -377,6 +379,7 @@ impl Source {
 
     /// The row with encoded identity key `k` in the whole state at `seq`.
     fn row_for_key_by_replay(&self, k: &[u8], seq: i64) -> Option<Row> {
+        self.lookup_replayed.set(true);
         let cols = self.key_cols()?;
         self.rows_at(seq).0.into_iter().find(|r| encode_key(&r.project(&cols)) == k)
     }

@@ -557,13 +557,15 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
                     st.did = Some("identity key lookup (NULL key: no row)".into());
                     return Vec::new();
                 };
-                st.did = Some("identity key lookup".into());
-                return src.row_for_key(&key, seq, &marks).into_iter().collect();
+                let row = src.row_for_key(&key, seq, &marks);
+                st.did = Some(lookup_note(&src, "identity key lookup".into()));
+                return row.into_iter().collect();
             }
             KIND_ANY => {
                 let keys = eval_any(node);
-                st.did = Some(format!("identity key lookups: {} keys", keys.len()));
-                return src.rows_for_keys(&keys, seq, &marks);
+                let rows = src.rows_for_keys(&keys, seq, &marks);
+                st.did = Some(lookup_note(&src, format!("identity key lookups: {} keys", keys.len())));
+                return rows;
             }
             _ => {
                 let Some((lo, hi)) = eval_bounds(node).as_deref().and_then(key_range) else {
@@ -589,6 +591,16 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
             st.did = Some(format!("state at seq {seq}: {replayed} events replayed"));
             rows
         }
+    }
+}
+
+/// What a key lookup did, for EXPLAIN: a lookup after an identity change replays the whole
+/// state when a TRUNCATE followed the point (`engine::Source::row_for_key`).
+fn lookup_note(src: &Source, what: String) -> String {
+    if src.lookup_replayed.get() {
+        format!("{what}, by replay of the whole state (a TRUNCATE after the identity change)")
+    } else {
+        what
     }
 }
 
