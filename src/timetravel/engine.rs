@@ -334,6 +334,22 @@ impl Source {
         if truncates.iter().any(|&t| t > seq) {
             return self.row_for_key_by_replay(k, seq);
         }
+        self.key_state_since(key, k, seq, from, table_id, &snap, &truncates)
+    }
+
+    /// `row_for_key_since` with its snapshot (taken before any of the history was read) and
+    /// the TRUNCATEs from `from` on (none after `seq`).
+    #[allow(clippy::too_many_arguments)]
+    fn key_state_since(
+        &self,
+        key: &[Value],
+        k: &[u8],
+        seq: i64,
+        from: i64,
+        table_id: i32,
+        snap: &super::live::CommittedSnapshot,
+        truncates: &[i64],
+    ) -> Option<Row> {
         // the key's events from `from` on, newest first, grouped by seq: the newest group at
         // or below `seq` (case 1) and the oldest above it (case 2)
         let mut at_or_below: Option<(i64, Vec<(u8, Event)>)> = None;
@@ -371,7 +387,7 @@ impl Source {
         // case 3
         // SAFETY: `rel` is open (Source::new's contract); its identity is `key`'s (checked by
         // keyed_lookup_at through keys_current).
-        match unsafe { super::live::row_for_key(self.rel, key, &snap) } {
+        match unsafe { super::live::row_for_key(self.rel, key, snap) } {
             Ok(row) => row,
             Err(()) => self.row_for_key_by_replay(k, seq),
         }
@@ -424,6 +440,56 @@ impl Source {
             .filter(|(at, _)| !marks.truncates.iter().any(|&(t, _)| t > *at && t <= seq))
             .filter_map(|(at, frame)| reader::decode_image(&frame?, at).1)
             .collect()
+    }
+
+    /// The rows whose (single, integer) identity key is in `[lo, hi]` at settled `seq`: from
+    /// the key index (`rows_for_key_ranges`), or after an identity change as `row_for_key` finds
+    /// one key's row — the live rows of the range whose keys no event touched since the change,
+    /// and a lookup for each key that was. Caller checked `keyed_lookup_at(seq)`.
+    pub fn rows_for_int_range(&self, lo: i64, hi: i64, seq: i64, marks: &Marks) -> Vec<Row> {
+        let ranges = driftdb_core::int_key_ranges(lo, hi);
+        let from = match &self.info {
+            Some(i) if i.keyed_from > 0 => i.keyed_from,
+            _ => return self.rows_for_key_ranges(&ranges, seq, marks),
+        };
+        let Some(info) = &self.info else { return Vec::new() };
+        let table_id = info.table_id;
+        let _lock = crate::segments::read_lock(&self.cat, table_id);
+        let from = self.fresh_info(seq).map_or(from, |i| i.keyed_from);
+        let cols = self.key_cols().unwrap_or_default();
+        let in_range = |r: &Row| matches!(r.project(&cols).first(), Some(Value::Int(v)) if *v >= lo && *v <= hi);
+        let replay = || {
+            self.lookup_replayed.set(true);
+            self.rows_at(seq).0.into_iter().filter(in_range).collect()
+        };
+        let Some(snap) = super::live::CommittedSnapshot::take() else { return replay() };
+        let truncates = reader::truncates_from(&self.cat, table_id, from);
+        if truncates.iter().any(|&t| t > seq) {
+            return replay();
+        }
+        // the live rows first (the snapshot is older than anything the history read finds)
+        // SAFETY: `rel` is open (Source::new's contract); its identity is one integer column
+        // (the planner offers key ranges for no other).
+        let Ok(live) = (unsafe { super::live::rows_in_int_range(self.rel, lo, hi, &snap) }) else { return replay() };
+        // the keys of the range that an event touched since the change
+        let mut touched = std::collections::BTreeSet::new();
+        for (klo, khi) in &ranges {
+            reader::key_range_newest(&self.cat, table_id, klo, khi, i64::MAX, |key, s, _, _| {
+                if s >= from {
+                    touched.insert(key.to_vec());
+                }
+            });
+        }
+        let mut out: Vec<Row> = if truncates.iter().any(|&t| t <= seq) {
+            Vec::new() // untouched since a TRUNCATE at or before `seq`: gone by then
+        } else {
+            live.into_iter().filter(|r| !touched.contains(&encode_key(&r.project(&cols)))).collect()
+        };
+        for k in &touched {
+            let Ok(key) = driftdb_core::decode_key(k) else { return replay() };
+            out.extend(self.key_state_since(&key, k, seq, from, table_id, &snap, &truncates));
+        }
+        out
     }
 
     /// Every version of every row (`key` None), or of the row(s) with one identity key,

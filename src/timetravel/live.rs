@@ -100,3 +100,59 @@ pub unsafe fn row_for_key(rel: pg_sys::Relation, key: &[Value], snap: &Committed
     pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
     Ok(row)
 }
+
+/// The rows of `rel` whose identity key, one integer column, is in `[lo, hi]` (`i64::MIN` /
+/// `i64::MAX`: unbounded), as `snap` sees the table; `Err(())` when the identity index is not
+/// one integer column of the integer operator family.
+///
+/// # Safety
+/// `rel` must be an open driftdb table.
+pub unsafe fn rows_in_int_range(rel: pg_sys::Relation, lo: i64, hi: i64, snap: &CommittedSnapshot) -> Result<Vec<Row>, ()> {
+    let idx = pg_sys::RelationGetReplicaIndex(rel);
+    if idx == pg_sys::InvalidOid {
+        return Err(());
+    }
+    let index = pg_sys::index_open(idx, pg_sys::AccessShareLock as i32);
+    let close = |index| pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
+    let opcintype = *(*index).rd_opcintype;
+    if (*(*index).rd_index).indnkeyatts != 1 || ![pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&opcintype) {
+        close(index);
+        return Err(());
+    }
+    // the bounds as int8 against the column's type: the integer family's cross-type operators
+    let opfamily = *(*index).rd_opfamily;
+    let mut sk: Vec<pg_sys::ScanKeyData> = Vec::new();
+    for (bound, unbounded, strategy) in [(lo, i64::MIN, pg_sys::BTGreaterEqualStrategyNumber), (hi, i64::MAX, pg_sys::BTLessEqualStrategyNumber)] {
+        if bound == unbounded {
+            continue;
+        }
+        let op = pg_sys::get_opfamily_member(opfamily, opcintype, pg_sys::INT8OID, strategy as i16);
+        if op == pg_sys::InvalidOid {
+            close(index);
+            return Err(());
+        }
+        let mut k: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyEntryInitialize(
+            &mut k,
+            0,
+            1,
+            strategy as u16,
+            pg_sys::INT8OID,
+            pg_sys::InvalidOid,
+            pg_sys::get_opcode(op),
+            pg_sys::Datum::from(bound),
+        );
+        sk.push(k);
+    }
+    let scan = pg_sys::index_beginscan(rel, index, snap.0, sk.len() as i32, 0);
+    pg_sys::index_rescan(scan, sk.as_mut_ptr(), sk.len() as i32, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let mut rows = Vec::new();
+    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        rows.push(codec::row_from_slot((*rel).rd_att, slot));
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    close(index);
+    Ok(rows)
+}

@@ -543,12 +543,11 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
     if st.decoder.is_none() {
         st.decoder = Some(srf::decoder_for(rel, &marks));
     }
-    // key lookups and lists read the key index (also after an identity change, from the seq
-    // where the new keys begin); ranges only while the keys are those of registration
+    // key lookups, lists and ranges read the key index (also after an identity change, from
+    // the seq where the new keys begin)
     let by_key = match st.kind {
         KIND_FULL => false,
-        KIND_KEY | KIND_ANY => src.keyed_lookup_at(seq),
-        _ => src.keyed(),
+        _ => src.keyed_lookup_at(seq),
     };
     if by_key {
         match st.kind {
@@ -572,9 +571,10 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
                     st.did = Some("identity key range: empty".into());
                     return Vec::new();
                 };
-                let rows = src.rows_for_key_ranges(&driftdb_core::int_key_ranges(lo, hi), seq, &marks);
+                let rows = src.rows_for_int_range(lo, hi, seq, &marks);
                 let show = |v: i64, inf: &str| if v == i64::MIN || v == i64::MAX { inf.to_string() } else { v.to_string() };
-                st.did = Some(format!("identity key range [{}, {}] (key index): {} rows", show(lo, "-inf"), show(hi, "+inf"), rows.len()));
+                let what = format!("identity key range [{}, {}] (key index): {} rows", show(lo, "-inf"), show(hi, "+inf"), rows.len());
+                st.did = Some(lookup_note(&src, what));
                 return rows;
             }
         }

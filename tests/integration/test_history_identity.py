@@ -359,6 +359,11 @@ def test_key_lookups_after_the_key_is_added(conn, truncate):
         got = sorted(conn.execute("SELECT id, v, n FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE id = ANY(%s)", (s, keys)).fetchall())
         if got != sorted(exp[k] for k in keys if k in exp):
             errors.append(f"seq {s} id = ANY: {got}")
+        for cond, pred in (("id BETWEEN 1 AND 40", lambda k: 1 <= k <= 40), ("id >= 195", lambda k: k >= 195),
+                           ("id < 12", lambda k: k < 12)):
+            got = sorted(conn.execute(f"SELECT id, v, n FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE {cond}", (s,)).fetchall())
+            if got != sorted(r for k, r in exp.items() if pred(k)):
+                errors.append(f"seq {s} {cond}: {got}")
     assert not errors, "\n".join(errors)
 
     q = "SELECT * FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE id = %s"
@@ -366,9 +371,13 @@ def test_key_lookups_after_the_key_is_added(conn, truncate):
     top = max(states)
     for k in (1, 30):  # untouched since the change; changed at the last seq
         assert _plan_read(conn, q, (top, k)) == "identity key lookup"
+    rq = "SELECT * FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE id BETWEEN %s AND %s"
+    assert _plan_read(conn, rq, (top, 1, 40)).startswith("identity key range [1, 40] (key index)")
+    assert _plan_read(conn, rq, (before, 1, 40)).startswith("state at seq")
     if truncate:
         # before the TRUNCATE the rows it removed are not in the live table: replay
         assert _plan_read(conn, q, (keyed, 1)).endswith("by replay of the whole state (a TRUNCATE after the identity change)")
+        assert _plan_read(conn, rq, (keyed, 1, 40)).endswith("by replay of the whole state (a TRUNCATE after the identity change)")
     else:
         assert _plan_read(conn, q, (keyed, 199)) == "identity key lookup"
 
@@ -380,5 +389,7 @@ def test_key_lookups_after_the_key_is_added(conn, truncate):
     for k in (1, 30, 250, 7777):
         got = conn.execute("SELECT id, v, n FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE id = %s", (top, k)).fetchall()
         assert got == ([states[top][k]] if k in states[top] else []), f"id {k} inside a writing transaction: {got}"
+    got = sorted(conn.execute("SELECT id, v, n FROM driftdb.as_of(NULL::lk2, %s::bigint) WHERE id >= 1", (top,)).fetchall())
+    assert got == sorted(states[top].values()), "a key range inside a writing transaction"
     conn.execute("ROLLBACK")
     assert_verified(conn, "lk2")
