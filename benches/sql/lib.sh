@@ -372,10 +372,11 @@ setup_table_all_systems() {
 
 # ---- the history benchmarks' table (time_travel.sh, segments.sh) ------------------------------
 # t: N rows inserted in one statement, then update rounds that change every column but the key.
-history_table_sql() {  # AM → CREATE TABLE t ... USING AM
+history_table_sql() {  # AM [nokey] → CREATE TABLE t ... USING AM (nokey: id without its primary key)
+  local pk="PRIMARY KEY"; [ "${2:-}" = nokey ] && pk="NOT NULL   "
   cat <<SQL
 CREATE TABLE t (
-    id          int           PRIMARY KEY,
+    id          int           $pk,
     v           int           NOT NULL,
     name        text          NOT NULL,
     amount      numeric(12,2) NOT NULL,

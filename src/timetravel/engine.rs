@@ -304,6 +304,7 @@ impl Source {
             true
         });
         let (at, row) = found?;
+        assert_eq!(marks.truncates_from, 0, "driftdb: the TRUNCATEs of a table keyed since an identity change are partial");
         // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
         if marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
             None
@@ -434,6 +435,7 @@ impl Source {
                 }
             });
         }
+        assert_eq!(marks.truncates_from, 0, "driftdb: the TRUNCATEs of a table keyed since an identity change are partial");
         newest
             .into_values()
             // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
@@ -508,6 +510,7 @@ impl Source {
                 // oldest first; within one seq, what closes (delete, moved away) comes before what opens
                 evs.sort_by_key(|(seq, op, _)| (*seq, matches!(op, b'i' | b'u')));
                 let mut open: Option<Version> = None;
+                assert_eq!(marks.truncates_from, 0, "driftdb: the TRUNCATEs of a table keyed since an identity change are partial");
                 let mut truncs = marks.truncates.iter().filter(|(t, _)| *t <= settled).peekable();
                 for (seq, op, (committed_at, new)) in evs {
                     while let Some(&&(t, at)) = truncs.peek() {

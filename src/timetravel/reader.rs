@@ -43,12 +43,15 @@ pub struct TableInfo {
 /// The TRUNCATE and schema events of a table (key NULL in `driftdb.events`), in seq order.
 #[derive(Clone, Debug, Default)]
 pub struct Marks {
-    /// (seq, committed_at) of every TRUNCATE.
+    /// (seq, committed_at) of every TRUNCATE (from `truncates_from` on).
     pub truncates: Vec<(i64, i64)>,
     /// Value a column added later reads as in older rows, per attnum (latest schema event).
     pub missing: HashMap<u16, Value>,
     /// Every seq ≤ this was settled when the marks were read.
     pub complete_upto: i64,
+    /// `truncates` holds the TRUNCATEs from this seq on (0: all): a table's `keyed_from`,
+    /// whose readers (key lookups after an identity change, replays) use no older ones.
+    pub truncates_from: i64,
 }
 
 thread_local! {
@@ -151,17 +154,26 @@ pub fn table_info(cat: &Catalog, relid: pg_sys::Oid) -> Option<TableInfo> {
 }
 
 /// TRUNCATE and schema events of the table, complete at least up to `settled`.
+///
+/// A table whose identity changed (`keyed_from` > 0) may hold many key-less events before the
+/// change — rows loaded before its primary key existed, which compaction leaves in
+/// `driftdb.events` — and this cache is dropped by every relcache invalidation of the table
+/// (each VACUUM and ANALYZE sends one). So for such a table only the events from `keyed_from`
+/// on are read here, and its TRUNCATEs are kept from there (`truncates_from`: its readers use
+/// none older); the newest schema event before the change is looked up once per backend
+/// (`SCHEMA_BELOW`), since history before `keyed_from` no longer changes.
 pub fn marks(cat: &Catalog, relid: pg_sys::Oid, info: &TableInfo, settled: i64) -> Marks {
     if let Some(m) = CACHE.with(|c| c.borrow().get(&relid).and_then(|e| e.1.clone())) {
         if m.complete_upto >= settled {
             return m;
         }
     }
-    let mut m = Marks { complete_upto: settled, ..Marks::default() };
+    let from = info.keyed_from;
+    let mut m = Marks { complete_upto: settled, truncates_from: from, ..Marks::default() };
     let mut schema: Option<Event> = None;
     // SAFETY: catalog-style read of driftdb.events through events_key with key IS NULL.
     unsafe {
-        null_key_scan(cat, info.table_id, |seq, op, frame| {
+        null_key_scan_from(cat, info.table_id, if from > 0 { from } else { i64::MIN }, |seq, op, frame| {
             match op {
                 b't' => m.truncates.push((seq, decode(frame, seq).committed_at)),
                 b's' => schema = Some(decode(frame, seq)),
@@ -170,18 +182,58 @@ pub fn marks(cat: &Catalog, relid: pg_sys::Oid, info: &TableInfo, settled: i64) 
             true
         });
     }
-    if let Some(ch) = schema.and_then(|e| e.schema) {
-        for c in ch.columns {
-            if let (false, Some(v)) = (c.dropped, c.missing) {
-                m.missing.insert(c.attnum, v);
-            }
-        }
-    }
+    m.missing = match schema {
+        Some(e) => missing_of(e),
+        None if from > 0 => schema_below(cat, info, from),
+        None => HashMap::new(),
+    };
     CACHE.with(|c| {
         if let Some(e) = c.borrow_mut().get_mut(&relid) {
             e.1 = Some(m.clone());
         }
     });
+    m
+}
+
+/// The missing values (`Marks::missing`) a schema event records.
+fn missing_of(e: Event) -> HashMap<u16, Value> {
+    let mut missing = HashMap::new();
+    for c in e.schema.map(|ch| ch.columns).unwrap_or_default() {
+        if let (false, Some(v)) = (c.dropped, c.missing) {
+            missing.insert(c.attnum, v);
+        }
+    }
+    missing
+}
+
+thread_local! {
+    /// (table_id, keyed_from, history_start_seq) → the missing values of the table's newest
+    /// schema event before `keyed_from` (empty: none). Not dropped on relcache invalidations:
+    /// the history before `keyed_from` is fixed once the identity changed — only a purge
+    /// removes from it, and a purge moves `history_start_seq`, which is part of the key.
+    static SCHEMA_BELOW: RefCell<HashMap<(i32, i64, i64), HashMap<u16, Value>>> = RefCell::new(HashMap::new());
+}
+
+/// The missing values of the newest schema event with seq < `from`, once per backend.
+fn schema_below(cat: &Catalog, info: &TableInfo, from: i64) -> HashMap<u16, Value> {
+    let k = (info.table_id, from, info.history_start_seq);
+    if let Some(m) = SCHEMA_BELOW.with(|c| c.borrow().get(&k).cloned()) {
+        return m;
+    }
+    let mut schema: Option<Event> = None;
+    // SAFETY: catalog-style read of driftdb.events through events_key with key IS NULL,
+    // backwards from `from`: it stops at the first schema event.
+    unsafe {
+        null_key_scan_dir(cat, info.table_id, from, true, |seq, op, frame| {
+            if op == b's' {
+                schema = Some(decode(frame, seq));
+                return false;
+            }
+            true
+        });
+    }
+    let m = schema.map(missing_of).unwrap_or_default();
+    SCHEMA_BELOW.with(|c| c.borrow_mut().insert(k, m.clone()));
     m
 }
 
@@ -204,13 +256,14 @@ pub fn truncates_from(cat: &Catalog, table_id: i32, from: i64) -> Vec<i64> {
 }
 
 /// Events of the table with `key IS NULL` (TRUNCATE, schema, rows of tables without
-/// identity), ascending seq: `f(seq, op, frame)` until it returns false.
-unsafe fn null_key_scan(cat: &Catalog, table_id: i32, f: impl FnMut(i64, u8, &[u8]) -> bool) {
-    null_key_scan_from(cat, table_id, i64::MIN, f)
+/// identity) with seq >= `from`, ascending seq: `f(seq, op, frame)` until it returns false.
+unsafe fn null_key_scan_from(cat: &Catalog, table_id: i32, from: i64, f: impl FnMut(i64, u8, &[u8]) -> bool) {
+    null_key_scan_dir(cat, table_id, from, false, f)
 }
 
-/// `null_key_scan` of the events with seq >= `from`.
-unsafe fn null_key_scan_from(cat: &Catalog, table_id: i32, from: i64, mut f: impl FnMut(i64, u8, &[u8]) -> bool) {
+/// The key-less events with seq >= `bound` in ascending seq, or (`below`) those with
+/// seq < `bound` in descending seq.
+unsafe fn null_key_scan_dir(cat: &Catalog, table_id: i32, bound: i64, below: bool, mut f: impl FnMut(i64, u8, &[u8]) -> bool) {
     let rel = pg_sys::table_open(cat.events, pg_sys::AccessShareLock as i32);
     let idx = pg_sys::index_open(cat.events_key, pg_sys::AccessShareLock as i32);
     let mut sk: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
@@ -225,11 +278,16 @@ unsafe fn null_key_scan_from(cat: &Catalog, table_id: i32, from: i64, mut f: imp
         pg_sys::InvalidOid.into(),
         pg_sys::Datum::from(0usize),
     );
-    // seq (heap column 2) >= from
-    pg_sys::ScanKeyInit(&mut sk[2], 2, pg_sys::BTGreaterEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_INT8GE), pg_sys::Datum::from(from));
+    // seq (heap column 2) >= bound, or < bound
+    let (strategy, proc_, dir) = if below {
+        (pg_sys::BTLessStrategyNumber, pg_sys::F_INT8LT, pg_sys::ScanDirection::BackwardScanDirection)
+    } else {
+        (pg_sys::BTGreaterEqualStrategyNumber, pg_sys::F_INT8GE, pg_sys::ScanDirection::ForwardScanDirection)
+    };
+    pg_sys::ScanKeyInit(&mut sk[2], 2, strategy as u16, pg_sys::Oid::from(proc_), pg_sys::Datum::from(bound));
     let scan = pg_sys::systable_beginscan_ordered(rel, idx, catalog::snapshot_self(), 3, sk.as_mut_ptr());
     loop {
-        let tup = pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::ForwardScanDirection);
+        let tup = pg_sys::systable_getnext_ordered(scan, dir);
         if tup.is_null() {
             break;
         }
