@@ -37,7 +37,8 @@ tier_regress() {
 }
 tier_pytest()  { (cd "$ROOT" && "$VENV/bin/pytest" -q -p no:cacheprovider tests/integration); }
 PACKED_FILES=(test_time_travel_model test_time_travel_ranges test_time_travel_api test_segments
-              test_history_capture test_history_concurrency test_history_dump test_history_ddl)
+              test_history_capture test_history_concurrency test_history_dump test_history_ddl
+              test_history_identity)
 tier_pytest_packed() {
   local files=() f
   for f in "${PACKED_FILES[@]}"; do files+=("tests/integration/$f.py"); done

@@ -302,14 +302,16 @@ def _plan_read(conn, q, params) -> str:
     return next((ln.split(":", 1)[1].strip() for ln in lines if "History Read:" in ln), "\n".join(lines))
 
 
+@pytest.mark.parametrize("compacted", [False, True], ids=["events", "segments"])
 @pytest.mark.parametrize("truncate", [False, True], ids=["plain", "truncated_later"])
-def test_key_lookups_after_the_key_is_added(conn, truncate):
+def test_key_lookups_after_the_key_is_added(conn, truncate, compacted):
     """Rows loaded before the primary key existed have key-less events; the key is added, then
     rows change. An AS OF key lookup from the first commit after that on reads the key index:
     a key no later event touched has its live row, a key changed later has the old image of
     its first later event (`driftdb.tables.keyed_from`). Every answer is the model's, at every
-    seq; points before the change replay. A TRUNCATE after the change sends lookups before it
-    back to replay, with the same answers."""
+    seq, with the events after the change in `driftdb.events` or compacted into segments (the
+    key-less ones are never compacted); points before the change replay. A TRUNCATE after the
+    change sends lookups before it back to replay, with the same answers."""
     conn.execute("CREATE TABLE lk2 (id int NOT NULL, v text, n int) USING driftdb")
     model: dict = {}
     states: dict = {}
@@ -351,6 +353,8 @@ def test_key_lookups_after_the_key_is_added(conn, truncate):
         tx("INSERT INTO lk2 VALUES (30, 'after', 1), (40, 'after', 2)", apply=put([(30, "after", 1), (40, "after", 2)]))
     tx("UPDATE lk2 SET n = n + 100 WHERE id = 30", apply=lambda m: m.update({30: (30, m[30][1], m[30][2] + 100)}))
 
+    if compacted:  # the keyed events move into segments (the key-less ones stay)
+        assert conn.execute("SELECT events FROM driftdb.compact('lk2', '0s')").fetchone()[0] > 0
     keys = [1, 5, 7, 8, 10, 20, 30, 31, 40, 199, 250, 300, 1005, 9999]
     errors = []
     for s in sorted(states):
