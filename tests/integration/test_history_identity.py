@@ -400,3 +400,62 @@ def test_key_lookups_after_the_key_is_added(conn, truncate, compacted):
     assert got == sorted(states[top].values()), "a key range inside a writing transaction"
     conn.execute("ROLLBACK")
     assert_verified(conn, "lk2")
+
+
+def test_key_lookups_after_the_key_is_added_while_writers_change_the_keys(db):
+    """Lookups at a fixed seq after the identity change while another session updates, deletes
+    and re-inserts the keys: a key moves from "untouched: its live row" to "changed later: the
+    old image of its first later event" between two lookups, or in the middle of one (the
+    live read's snapshot is taken before the history is read). Every answer is the model's
+    row at that seq."""
+    import random
+    import threading
+    import time
+
+    setup = db.connect()
+    setup.execute("CREATE TABLE lkc (id int NOT NULL, v int NOT NULL) USING driftdb")
+    setup.execute("INSERT INTO lkc SELECT g, g FROM generate_series(1, 400) g")
+    setup.execute("ALTER TABLE lkc ADD PRIMARY KEY (id)")
+    at = commit_tx(setup, "UPDATE lkc SET v = -1 WHERE id = 400")[0]
+    expected = {i: i for i in range(1, 400)} | {400: -1}
+    stop = threading.Event()
+    writes = [0]
+
+    def writer():
+        w = db.connect()
+        rnd = random.Random(7)
+        while not stop.is_set():
+            k = rnd.randint(1, 399)
+            if rnd.random() < 0.8:
+                w.execute("UPDATE lkc SET v = v + 1000 WHERE id = %s", (k,))
+            else:
+                w.execute("BEGIN")
+                w.execute("DELETE FROM lkc WHERE id = %s", (k,))
+                w.execute("INSERT INTO lkc VALUES (%s, 0)", (k,))
+                w.execute("COMMIT")
+            writes[0] += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reader = db.connect()
+    rnd = random.Random(11)
+    errors, lookups = [], 0
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and len(errors) < 5:
+            k = rnd.randint(1, 400)
+            got = reader.execute("SELECT v FROM driftdb.as_of(NULL::lkc, %s::bigint) WHERE id = %s", (at, k)).fetchall()
+            if got != [(expected[k],)]:
+                errors.append(f"id {k} at seq {at}: {got}, expected {expected[k]}")
+            lo = rnd.randint(1, 380)
+            got = dict(reader.execute("SELECT id, v FROM driftdb.as_of(NULL::lkc, %s::bigint) WHERE id BETWEEN %s AND %s",
+                                      (at, lo, lo + 20)).fetchall())
+            if got != {i: expected[i] for i in range(lo, lo + 21)}:
+                errors.append(f"ids {lo}..{lo + 20} at seq {at}: {sorted(set(got.items()) ^ {(i, expected[i]) for i in range(lo, lo + 21)})}")
+            lookups += 1
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, "\n".join(errors)
+    assert writes[0] > 50 and lookups > 50, (writes[0], lookups)
+    assert_verified(setup, "lkc")
