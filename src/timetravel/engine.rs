@@ -122,7 +122,7 @@ pub struct Source {
     pub identity: Identity,
     /// The open relation (the caller keeps it open while the source is used).
     rel: pg_sys::Relation,
-    /// Set when a key lookup had to replay the whole state (`row_for_key_since`), for EXPLAIN.
+    /// Set when a key lookup had to replay the whole state (`rows_for_keys_since`), for EXPLAIN.
     pub lookup_replayed: Cell<bool>,
 }
 
@@ -272,7 +272,13 @@ impl Source {
     /// The row with identity `key` (current identity columns, in identity order) at settled
     /// `seq`. Caller checked `keyed_lookup_at(seq)`.
     pub fn row_for_key(&self, key: &[Value], seq: i64, marks: &Marks) -> Option<Row> {
-        let info = self.info.as_ref()?;
+        self.rows_for_keys(std::slice::from_ref(&key.to_vec()), seq, marks).pop()
+    }
+
+    /// The rows whose identity key is one of `keys` at settled `seq` (each looked up in the
+    /// key index; a key given twice counts once). Caller checked `keyed_lookup_at(seq)`.
+    pub fn rows_for_keys(&self, keys: &[Vec<Value>], seq: i64, marks: &Marks) -> Vec<Row> {
+        let Some(info) = self.info.as_ref() else { return Vec::new() };
         // One state of the history throughout, as the other reads take it: the lookup reads
         // `driftdb.events`, the packs and the segments one after another, each row as latest
         // committed, and a purge that rewrites a pack (deletes it, inserts what it keeps)
@@ -283,39 +289,63 @@ impl Source {
         // (read_lock processed its invalidation)
         let fresh = self.fresh_info(seq);
         let keyed_from = fresh.as_ref().map_or(info.keyed_from, |i| i.keyed_from);
-        let k = encode_key(key);
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<(&Vec<Value>, Vec<u8>)> = keys.iter().map(|k| (k, encode_key(k))).filter(|(_, k)| seen.insert(k.clone())).collect();
         if keyed_from > 0 {
-            return self.row_for_key_since(key, &k, seq, keyed_from, info.table_id);
+            return self.rows_for_keys_since(&keys, seq, keyed_from, info.table_id);
         }
-        // The key's newest seq at or below `seq` decides. One transaction can file two events
-        // under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'): whatever
-        // wrote an image is the key's state after that transaction.
-        let mut found: Option<(i64, Option<Row>)> = None;
-        reader::key_images_newest(&self.cat, info.table_id, &k, seq, |s, op, (_, new)| {
-            match &mut found {
-                Some((at, _)) if *at != s => return false,
-                Some((_, row)) => {
-                    if op == b'i' || op == b'u' {
-                        *row = new;
-                    }
-                }
-                None => found = Some((s, if op == b'i' || op == b'u' { new } else { None })),
-            }
-            true
-        });
-        let (at, row) = found?;
         assert_eq!(marks.truncates_from, 0, "driftdb: the TRUNCATEs of a table keyed since an identity change are partial");
-        // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
-        if marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
-            None
-        } else {
-            row
+        let mut out = Vec::new();
+        for (_, k) in &keys {
+            // The key's newest seq at or below `seq` decides. One transaction can file two
+            // events under a key (a row left it, another arrived: 'd' or 'm', then 'i' or 'u'):
+            // whatever wrote an image is the key's state after that transaction.
+            let mut found: Option<(i64, Option<Row>)> = None;
+            reader::key_images_newest(&self.cat, info.table_id, k, seq, |s, op, (_, new)| {
+                match &mut found {
+                    Some((at, _)) if *at != s => return false,
+                    Some((_, row)) => {
+                        if op == b'i' || op == b'u' {
+                            *row = new;
+                        }
+                    }
+                    None => found = Some((s, if op == b'i' || op == b'u' { new } else { None })),
+                }
+                true
+            });
+            let Some((at, row)) = found else { continue };
+            // a TRUNCATE after the key's last event (and at or before `seq`) removed the row
+            if !marks.truncates.iter().any(|&(t, _)| t > at && t <= seq) {
+                out.extend(row);
+            }
         }
+        out
     }
 
-    /// `row_for_key` after an identity change: events from `from` (`keyed_from`) on are filed
-    /// under the current identity's keys, older ones are not (rows loaded before the primary
-    /// key existed have no key at all). `seq >= from`. The key's state at `seq` is, in order:
+    /// `rows_for_keys` after an identity change (`from` = `keyed_from`): one snapshot and one
+    /// read of the TRUNCATEs for all the keys, then `key_state_since` for each.
+    fn rows_for_keys_since(&self, keys: &[(&Vec<Value>, Vec<u8>)], seq: i64, from: i64, table_id: i32) -> Vec<Row> {
+        let Some(snap) = super::live::CommittedSnapshot::take() else {
+            return self.rows_for_keys_by_replay(keys, seq);
+        };
+        let truncates = reader::truncates_from(&self.cat, table_id, from);
+        if truncates.iter().any(|&t| t > seq) {
+            return self.rows_for_keys_by_replay(keys, seq);
+        }
+        keys.iter().filter_map(|(key, k)| self.key_state_since(key, k, seq, from, table_id, &snap, &truncates)).collect()
+    }
+
+    /// The rows with these encoded identity keys in the whole state at `seq`.
+    fn rows_for_keys_by_replay(&self, keys: &[(&Vec<Value>, Vec<u8>)], seq: i64) -> Vec<Row> {
+        self.lookup_replayed.set(true);
+        let Some(cols) = self.key_cols() else { return Vec::new() };
+        let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(|(_, k)| &k[..]).collect();
+        self.rows_at(seq).0.into_iter().filter(|r| wanted.contains(&encode_key(&r.project(&cols))[..])).collect()
+    }
+
+    /// One key's row at `seq` after an identity change: events from `from` (`keyed_from`) on
+    /// are filed under the current identity's keys, older ones are not (rows loaded before the
+    /// primary key existed have no key at all). `seq >= from`. The key's state at `seq` is, in order:
     /// 1. what its newest event in `[from, seq]` left (as without a change);
     /// 2. else, if events came later, the old image of the first of them: nothing touched the
     ///    key between `seq` and that event;
@@ -327,19 +357,9 @@ impl Source {
     /// A TRUNCATE in `[from, seq]` that no later event of the key follows removed the row. A
     /// TRUNCATE after `seq` would hide the state before it from 2 and 3: then, as when the
     /// live row cannot be looked up, the whole state is replayed.
-    fn row_for_key_since(&self, key: &[Value], k: &[u8], seq: i64, from: i64, table_id: i32) -> Option<Row> {
-        let Some(snap) = super::live::CommittedSnapshot::take() else {
-            return self.row_for_key_by_replay(k, seq);
-        };
-        let truncates = reader::truncates_from(&self.cat, table_id, from);
-        if truncates.iter().any(|&t| t > seq) {
-            return self.row_for_key_by_replay(k, seq);
-        }
-        self.key_state_since(key, k, seq, from, table_id, &snap, &truncates)
-    }
-
-    /// `row_for_key_since` with its snapshot (taken before any of the history was read) and
-    /// the TRUNCATEs from `from` on (none after `seq`).
+    ///
+    /// `snap` was taken before any of the history was read; `truncates` are the TRUNCATEs from
+    /// `from` on (none after `seq`: the caller replays then).
     #[allow(clippy::too_many_arguments)]
     fn key_state_since(
         &self,
@@ -390,22 +410,8 @@ impl Source {
         // keyed_lookup_at through keys_current).
         match unsafe { super::live::row_for_key(self.rel, key, snap) } {
             Ok(row) => row,
-            Err(()) => self.row_for_key_by_replay(k, seq),
+            Err(()) => self.rows_for_keys_by_replay(&[(&key.to_vec(), k.to_vec())], seq).pop(),
         }
-    }
-
-    /// The row with encoded identity key `k` in the whole state at `seq`.
-    fn row_for_key_by_replay(&self, k: &[u8], seq: i64) -> Option<Row> {
-        self.lookup_replayed.set(true);
-        let cols = self.key_cols()?;
-        self.rows_at(seq).0.into_iter().find(|r| encode_key(&r.project(&cols)) == k)
-    }
-
-    /// The rows whose identity key is one of `keys` at settled `seq` (each looked up in the
-    /// key index; a key given twice counts once). Caller checked `keyed()`.
-    pub fn rows_for_keys(&self, keys: &[Vec<Value>], seq: i64, marks: &Marks) -> Vec<Row> {
-        let mut seen = std::collections::HashSet::new();
-        keys.iter().filter(|k| seen.insert(encode_key(k))).filter_map(|k| self.row_for_key(k, seq, marks)).collect()
     }
 
     /// The rows whose encoded identity key lies in one of `ranges` (inclusive byte ranges) at
