@@ -29,7 +29,8 @@
 # --key-after-load: heap's and driftdb's t get their primary key after the load (as pgbench -i
 # and many bulk loads do), so the load's events carry no key; periods keeps its key from the
 # start. driftdb's points from the first update round on are read through the key index from
-# the identity change on (docs/architecture.md, D11); points at the load replay.
+# the identity change on (docs/architecture.md, D11): the random points are drawn from there
+# (a point at the load itself replays the whole state, as it always did).
 #
 # Queries (pgbench custom scripts, id = random(1, N), time/seq uniform over the recorded history):
 #   pk        current PK lookup            SELECT * FROM t WHERE id = :id           (baseline)
@@ -76,6 +77,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 NROWS=100000 UPDATES=10 DEPTH_FACTOR=10 CLIENTS=1 TIME=5 RUNS_N=3 PROTOCOL=prepared
 QUERIES="pk asof_ts asof_seq versions full_cur full_ts full_seq range_cur range_ts" FULL_READ=columns
 PERIODS_INDEX="(id, system_time_end)" SNAPSHOTS=auto STMT_TIMEOUT=120 SKIP_MISSING=0 KEY_AFTER_LOAD=0
+# the random points' window starts at round FIRST_ROUND: the load (0), or with --key-after-load
+# the first update round (the first commit after the key was added)
+FIRST_ROUND=0
 SYSTEMS=$ALL_SYSTEMS RESULTS_FILE=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -91,7 +95,7 @@ while [ $# -gt 0 ]; do
     --driftdb-snapshots) need_arg "$@"; SNAPSHOTS=$2; shift 2 ;;
     --statement-timeout) need_arg "$@"; STMT_TIMEOUT=$2; shift 2 ;;
     --skip-missing) SKIP_MISSING=1; shift ;;
-    --key-after-load) KEY_AFTER_LOAD=1; shift ;;
+    --key-after-load) KEY_AFTER_LOAD=1; FIRST_ROUND=1; shift ;;
     --protocol) need_arg "$@"; PROTOCOL=$2; shift 2 ;;
     --systems) need_arg "$@"; SYSTEMS=$2; shift 2 ;;
     --results) need_arg "$@"; RESULTS_FILE=$2; shift 2 ;;
@@ -247,7 +251,7 @@ read_params() {  # SYS DEPTH
   IFS='|' read -r T0US[$db] SPANUS[$db] SEQ0[$db] SEQN[$db] < <(psql_q -d "$db" -Atc "
     SELECT (extract(epoch FROM a.ts) * 1000000)::bigint, (extract(epoch FROM b.ts - a.ts) * 1000000)::bigint,
            coalesce(a.seq, 0), coalesce(b.seq, 0)
-      FROM tt_rounds a, tt_rounds b WHERE a.round = 0 AND b.round = $n")
+      FROM tt_rounds a, tt_rounds b WHERE a.round = $FIRST_ROUND AND b.round = $n")
   [ -n "${SPANUS[$db]}" ] && [ "${SPANUS[$db]}" -gt 0 ] || die "$db: no history span recorded"
   if [ "$sys" = driftdb ] && [ "${SEQN[$db]}" -le "${SEQ0[$db]}" ]; then
     die "$db: driftdb.current_seq() did not advance over the $n update rounds (${SEQ0[$db]} -> ${SEQN[$db]}): is history capture on?"

@@ -371,33 +371,45 @@ impl Source {
         snap: &super::live::CommittedSnapshot,
         truncates: &[i64],
     ) -> Option<Row> {
-        // the key's events from `from` on, newest first, grouped by seq: the newest group at
-        // or below `seq` (case 1) and the oldest above it (case 2)
-        let mut at_or_below: Option<(i64, Vec<(u8, Event)>)> = None;
-        let mut above: Option<(i64, Vec<(u8, Event)>)> = None;
-        reader::key_events_desc(&self.cat, table_id, k, i64::MAX, |s, op, e| {
+        // case 1, as without a change: the key's newest seq at or below `seq`, if from `from` on
+        let mut newest: Option<(i64, Option<Row>)> = None;
+        reader::key_images_newest(&self.cat, table_id, k, seq, |s, op, (_, new)| {
             if s < from {
                 return false; // filed under an earlier identity's key that happens to match
             }
-            let slot = if s > seq { &mut above } else { &mut at_or_below };
-            match slot {
-                Some((at, evs)) if *at == s => evs.push((op, e)),
-                Some(_) if s <= seq => return false, // the newest group at or below is complete
-                _ => *slot = Some((s, vec![(op, e)])),
+            let image = if op == b'i' || op == b'u' { new } else { None };
+            match &mut newest {
+                Some((at, _)) if *at != s => return false,
+                Some((_, row)) => {
+                    if image.is_some() {
+                        *row = image;
+                    }
+                }
+                None => newest = Some((s, image)),
             }
             true
         });
-        if let Some((at, evs)) = at_or_below {
-            // case 1: whatever wrote an image is the key's state after that transaction
-            let row = evs.into_iter().filter(|(op, _)| *op == b'i' || *op == b'u').find_map(|(_, e)| e.new);
+        if let Some((at, row)) = newest {
             return if truncates.iter().any(|&t| t > at && t <= seq) { None } else { row };
         }
         if !truncates.is_empty() {
             return None; // truncated in [from, seq], and nothing since up to seq brought it back
         }
+        // case 2: the oldest seq above `seq` that changed the key (read newest first)
+        let mut above: Option<(i64, Vec<(u8, Event)>)> = None;
+        reader::key_events_desc(&self.cat, table_id, k, i64::MAX, |s, op, e| {
+            if s <= seq {
+                return false;
+            }
+            match &mut above {
+                Some((at, evs)) if *at == s => evs.push((op, e)),
+                _ => above = Some((s, vec![(op, e)])),
+            }
+            true
+        });
         if let Some((_, evs)) = above {
-            // case 2: the image the first later transaction found under the key (an update
-            // that moved another row onto the key found none there)
+            // the image the first later transaction found under the key (an update that moved
+            // another row onto the key found none there)
             let cols = self.key_cols().unwrap_or_default();
             return evs
                 .into_iter()
@@ -414,18 +426,13 @@ impl Source {
         }
     }
 
-    /// The rows whose encoded identity key lies in one of `ranges` (inclusive byte ranges) at
-    /// settled `seq`, in key order: per key, its newest event at or below `seq` decides, as in
-    /// `row_for_key`. Reads only the events filed under those keys. Caller checked `keyed()`.
-    pub fn rows_for_key_ranges(&self, ranges: &[(Vec<u8>, Vec<u8>)], seq: i64, marks: &Marks) -> Vec<Row> {
-        let Some(info) = &self.info else { return Vec::new() };
-        // one state of the history throughout: each event is in the events table or a segment
-        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
-        let Some(info) = &self.fresh_info(seq) else { return Vec::new() };
-        // key → (its newest seq, the frame that wrote its image in that seq, if any)
+    /// Per key in `ranges` (inclusive encoded-key ranges): its newest seq at or below `seq`,
+    /// and the frame that wrote its image in that seq (None: the key was left empty then).
+    /// Caller holds the table's read lock.
+    fn newest_in_ranges(&self, table_id: i32, ranges: &[(Vec<u8>, Vec<u8>)], seq: i64) -> std::collections::BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> {
         let mut newest: std::collections::BTreeMap<Vec<u8>, (i64, Option<Vec<u8>>)> = Default::default();
         for (lo, hi) in ranges {
-            reader::key_range_newest(&self.cat, info.table_id, lo, hi, seq, |key, s, op, frame| {
+            reader::key_range_newest(&self.cat, table_id, lo, hi, seq, |key, s, op, frame| {
                 let image = matches!(op, b'i' | b'u');
                 match newest.get_mut(key) {
                     Some((at, _)) if *at > s => {}
@@ -441,6 +448,18 @@ impl Source {
                 }
             });
         }
+        newest
+    }
+
+    /// The rows whose encoded identity key lies in one of `ranges` (inclusive byte ranges) at
+    /// settled `seq`, in key order: per key, its newest event at or below `seq` decides, as in
+    /// `row_for_key`. Reads only the events filed under those keys. Caller checked `keyed()`.
+    pub fn rows_for_key_ranges(&self, ranges: &[(Vec<u8>, Vec<u8>)], seq: i64, marks: &Marks) -> Vec<Row> {
+        let Some(info) = &self.info else { return Vec::new() };
+        // one state of the history throughout: each event is in the events table or a segment
+        let _lock = crate::segments::read_lock(&self.cat, info.table_id);
+        let Some(info) = &self.fresh_info(seq) else { return Vec::new() };
+        let newest = self.newest_in_ranges(info.table_id, ranges, seq);
         assert_eq!(marks.truncates_from, 0, "driftdb: the TRUNCATEs of a table keyed since an identity change are partial");
         newest
             .into_values()
@@ -479,23 +498,40 @@ impl Source {
         // SAFETY: `rel` is open (Source::new's contract); its identity is one integer column
         // (the planner offers key ranges for no other).
         let Ok(live) = (unsafe { super::live::rows_in_int_range(self.rel, lo, hi, &snap) }) else { return replay() };
-        // the keys of the range that an event touched since the change
+        // case 1 for the whole range at once: each key's newest seq at or below `seq`, if from
+        // `from` on (an older one is filed under an earlier identity's key)
+        let mut out = Vec::new();
+        let mut decided = std::collections::BTreeSet::new();
+        for (k, (at, frame)) in self.newest_in_ranges(table_id, &ranges, seq) {
+            if at < from {
+                continue;
+            }
+            if !truncates.iter().any(|&t| t > at && t <= seq) {
+                out.extend(frame.and_then(|f| reader::decode_image(&f, at).1));
+            }
+            decided.insert(k);
+        }
+        // the other keys of the range that an event touched since the change: case 2 (or
+        // gone, after a TRUNCATE in [from, seq]), one by one
         let mut touched = std::collections::BTreeSet::new();
         for (klo, khi) in &ranges {
             reader::key_range_newest(&self.cat, table_id, klo, khi, i64::MAX, |key, s, _, _| {
-                if s >= from {
+                if s >= from && !decided.contains(key) {
                     touched.insert(key.to_vec());
                 }
             });
         }
-        let mut out: Vec<Row> = if truncates.iter().any(|&t| t <= seq) {
-            Vec::new() // untouched since a TRUNCATE at or before `seq`: gone by then
-        } else {
-            live.into_iter().filter(|r| !touched.contains(&encode_key(&r.project(&cols)))).collect()
-        };
         for k in &touched {
             let Ok(key) = driftdb_core::decode_key(k) else { return replay() };
             out.extend(self.key_state_since(&key, k, seq, from, table_id, &snap, &truncates));
+        }
+        // case 3: the live rows of the keys nothing touched since the change (gone if a
+        // TRUNCATE came in [from, seq])
+        if truncates.is_empty() {
+            out.extend(live.into_iter().filter(|r| {
+                let k = encode_key(&r.project(&cols));
+                !decided.contains(&k) && !touched.contains(&k)
+            }));
         }
         out
     }
