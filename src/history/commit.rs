@@ -436,6 +436,31 @@ fn put_filed(out: &mut Vec<u8>, key: &[u8]) {
 /// Append the key of a row `codec::write_tuple` wrote (`row`, its columns in `cols`): the
 /// MessagePack array of the key columns' values, as `encode_key` makes it of `Row::project`
 /// (a column the row does not carry is nil).
+/// `write_key` for many rows of one descriptor: `at` keeps where each key column was found
+/// among the encoded columns (`TupleScratch::cols`, the same positions for every row of one
+/// descriptor), so the columns are searched for once, not per row. A position that does not
+/// hold its column (not the case, but cheap to check) is searched for again.
+fn write_key_at(out: &mut Vec<u8>, attnums: &[u16], at: &mut Vec<Option<usize>>, row: &[u8], cols: &codec::TupleScratch) {
+    if at.len() != attnums.len() {
+        at.clear();
+        at.extend(attnums.iter().map(|a| cols.cols.binary_search_by_key(a, |c| c.0).ok()));
+    }
+    rmp::encode::write_array_len(out, attnums.len() as u32).unwrap();
+    for (a, slot) in attnums.iter().zip(at.iter_mut()) {
+        let found = match *slot {
+            Some(i) if cols.cols.get(i).is_some_and(|c| c.0 == *a) => Some(i),
+            _ => {
+                *slot = cols.cols.binary_search_by_key(a, |c| c.0).ok();
+                *slot
+            }
+        };
+        match found {
+            Some(i) => out.extend_from_slice(&row[cols.cols[i].1..cols.cols[i].2]),
+            None => rmp::encode::write_nil(out).unwrap(),
+        }
+    }
+}
+
 fn write_key(out: &mut Vec<u8>, attnums: &[u16], row: &[u8], cols: &codec::TupleScratch) {
     rmp::encode::write_array_len(out, attnums.len() as u32).unwrap();
     for a in attnums {
@@ -924,8 +949,8 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
     pw.start(id, seq, ts);
     let mut cols = codec::TupleScratch::default();
     cols.prepare(desc, &shape.columns);
-    // the row and its key as encoded
-    let (mut row, mut key) = (Vec::new(), Vec::new());
+    // the row and its key as encoded; where the key columns sit among the encoded columns
+    let (mut row, mut key, mut key_at) = (Vec::new(), Vec::new(), Vec::new());
     let mut sorted = true;
     for (i, (_, cur)) in tc.lineages.iter().enumerate() {
         let Some(Endpoint::Handle(h)) = cur else { unreachable!("checked: pure inserts") };
@@ -936,7 +961,7 @@ unsafe fn stream_bulk_load(cat: &Catalog, tc: &TableChanges, scratch: &mut PgMem
         });
         reset_if_used(scratch);
         key.clear();
-        write_key(&mut key, &attnums, &row, &cols);
+        write_key_at(&mut key, attnums, &mut key_at, &row, &cols);
         // the key as the index files it (a long one under its digest), which orders packs;
         // an insert's event, as push_direct encodes it, written straight into the pack
         let digest = long_key_digest(&key);
