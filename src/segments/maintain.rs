@@ -94,7 +94,12 @@ unsafe fn maintain_table(cat: &Catalog, relid: pg_sys::Oid, retention: Option<pg
             &[now.into_datum(), iv.into_datum()],
         );
         if let Some(h) = horizon {
-            let o = retention::purge_table(cat, relid, h.into_inner());
+            let o = retention::purge_table(cat, relid, h.into_inner(), false);
+            if o.keyless {
+                // not an action (a round would report it every time, and never run dry): a
+                // NOTICE to whoever calls maintain() by hand; set_retention refuses such tables
+                pgrx::notice!("driftdb: history of table \"{name}\" not purged: rows recorded while it had no row identity lie before the horizon");
+            }
             if let Some(hs) = o.horizon_seq {
                 done.push((name.clone(), "purge".into(), format!("history before seq {hs} purged: {} events, {} snapshots removed", o.events_removed, o.snapshots_removed)));
             }

@@ -36,6 +36,9 @@ pub struct PurgeOutcome {
     pub horizon_seq: Option<i64>,
     pub events_removed: i64,
     pub snapshots_removed: i64,
+    /// Nothing was purged: rows recorded without a row identity lie before the horizon (only
+    /// with `refuse_keyless` false; otherwise that is an ERROR).
+    pub keyless: bool,
 }
 
 fn role_names() -> (String, String) {
@@ -151,7 +154,10 @@ fn finish(cat: &Catalog, relid: pg_sys::Oid, table_id: i32, kind: u8, rec: &Reco
 }
 
 /// Purge table `relid`'s history before `before` (µs since 2000-01-01). Caller checked rights.
-pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutcome {
+/// `refuse_keyless`: rows recorded without a row identity before the horizon make the purge an
+/// ERROR (a user's call), or (the maintenance round, which must go on with its other tables and
+/// actions) an outcome with `keyless` set and nothing purged.
+pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, refuse_keyless: bool) -> PurgeOutcome {
     let mut out = PurgeOutcome::default();
     let Some(info) = reader::table_info(cat, relid) else { return out };
     let table_id = info.table_id;
@@ -162,6 +168,12 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
     // re-read after the lock: another purge may have committed since the cache was filled
     let start = reader::table_info(cat, relid).map_or(0, |i| i.history_start_seq);
     if horizon <= start || horizon == 0 {
+        return out;
+    }
+    // rows recorded without a key before the horizon: found here without reading every event
+    // (the maintenance round asks every time)
+    if !refuse_keyless && reader::keyless_rows_upto(cat, table_id, horizon) {
+        out.keyless = true;
         return out;
     }
     let mut progress = Progress::new(format!("driftdb.purge_history({name})"));
@@ -188,13 +200,17 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64) -> PurgeOutco
         progress.tick(0.3 * seq.max(0) as f64 / horizon as f64, || format!("{} keys read", latest.len()));
         true
     });
+    if keyless && !refuse_keyless {
+        out.keyless = true;
+        return out;
+    }
     if keyless {
         DriftError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("cannot purge the history of table \"{name}\": some of its rows were recorded without a row identity"),
         )
-        .detail("Rows written while the table had no primary key or replica identity cannot be told apart in history.")
-        .hint("Purge only a horizon after the table got a primary key, or keep its history.")
+        .detail("Rows written while the table had no primary key or replica identity cannot be told apart in history, so which of them were still current at the horizon is not known.")
+        .hint("History that holds such rows is kept whole. A table loaded before its primary key was added can start a purgeable history as a copy: CREATE TABLE ... (LIKE ...) USING driftdb, then INSERT ... SELECT.")
         .raise();
     }
     let last_truncate = truncates.last().copied();
@@ -241,7 +257,7 @@ fn purge_history_sql(
     crate::api::require_driftdb_table(&table);
     crate::api::require_owner(&table, "purge its history");
     let cat = Catalog::require();
-    let o = purge_table(&cat, table.oid(), before.into_inner());
+    let o = purge_table(&cat, table.oid(), before.into_inner(), true);
     TableIterator::once((o.horizon_seq, o.events_removed, o.snapshots_removed))
 }
 
@@ -260,6 +276,15 @@ fn set_retention_sql(table: PgRelation, keep: Option<pgrx::datum::Interval>) {
         .hint("Set the retention after the table's first committed change.")
         .raise()
     };
+    if keep.is_some() && reader::keyless_rows_upto(&cat, info.table_id, i64::MAX) {
+        DriftError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot set a history retention for table \"{}\": some of its rows were recorded without a row identity", table.name()),
+        )
+        .detail("Rows written while the table had no primary key or replica identity cannot be told apart in history, so no purge can keep exactly the rows current at a horizon; their history is kept whole.")
+        .hint("A table loaded before its primary key was added can start a purgeable history as a copy: CREATE TABLE ... (LIKE ...) USING driftdb, then INSERT ... SELECT.")
+        .raise();
+    }
     let d = keep.map(|i| i.into_datum().unwrap());
     catalog::update_table_row(&cat, info.table_id, &[(7, d.unwrap_or(pg_sys::Datum::from(0usize)), d.is_none())]);
     // SAFETY: relcache invalidation of the user table (its cached registration).

@@ -237,6 +237,23 @@ fn schema_below(cat: &Catalog, info: &TableInfo, from: i64) -> HashMap<u16, Valu
     m
 }
 
+/// Does the table hold a row event recorded without a key (a row written while the table had
+/// no row identity) at or below `upto`? Reads the key-less events up to the first such one.
+pub fn keyless_rows_upto(cat: &Catalog, table_id: i32, upto: i64) -> bool {
+    let mut found = false;
+    // SAFETY: catalog-style read of driftdb.events through events_key with key IS NULL.
+    unsafe {
+        null_key_scan_from(cat, table_id, i64::MIN, |seq, op, _| {
+            if seq > upto {
+                return false;
+            }
+            found = !matches!(op, b't' | b's');
+            !found
+        });
+    }
+    found
+}
+
 /// The seqs of the table's TRUNCATEs at or after `from`, ascending, as committed now (this
 /// reads `driftdb.events` afresh, unlike `marks`, whose cache is complete only up to the bound
 /// it was read for). Only the key-less events from `from` on are read: rows written before a

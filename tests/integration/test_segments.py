@@ -1393,6 +1393,37 @@ def test_retention_by_maintain(db):
 # --------------------------------------------------------------------------------------------
 
 
+def test_rows_without_identity_keep_their_history_and_maintenance_goes_on(db):
+    """Rows recorded while a table had no row identity cannot be purged (which of them were
+    current at a horizon is unknown): set_retention refuses such a table, and a retention set
+    before such rows came leaves the table's history whole in the maintenance round, which
+    still compacts the other tables (it used to fail whole, every round)."""
+    conn = db.connect()
+    conn.execute("CREATE TABLE kr (id int PRIMARY KEY, v text) USING driftdb")
+    conn.execute("INSERT INTO kr VALUES (1, 'a')")
+    conn.execute("SELECT driftdb.set_retention('kr', '1 second')")
+    conn.execute("ALTER TABLE kr DROP CONSTRAINT kr_pkey")
+    conn.execute("INSERT INTO kr VALUES (2, 'b')")  # recorded without a key
+    e = error_of(conn, "SELECT driftdb.set_retention('kr', '1 day')")
+    assert e.sqlstate == "55000" and "without a row identity" in str(e) and e.diag.message_hint, (e.sqlstate, e)
+    # the retention set before stays (the refused call changed nothing)
+    assert conn.execute("SELECT retention FROM driftdb.tables WHERE relid = 'kr'::regclass").fetchone()[0] == dt.timedelta(seconds=1)
+    conn.execute("CREATE TABLE ok (id int PRIMARY KEY) USING driftdb")
+    for i in range(120):
+        conn.execute("INSERT INTO ok VALUES (%s)", (i,))
+    time.sleep(1.2)
+    conn.execute("SET driftdb.compact_min_age = 0")
+    conn.execute("SET driftdb.compact_min_events = 100")
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    done = _drain_maintain(conn)
+    assert [r for r in done if r[0] == "ok" and r[1] == "compact"], done
+    assert not [r for r in done if r[0] == "kr"], done
+    assert any('"kr" not purged' in n for n in notices), notices
+    assert conn.execute("SELECT reason FROM driftdb.history_start('kr')").fetchone() == ("complete since creation",)
+    assert_verified(conn, "kr", "ok")
+
+
 def test_maintain_compacts_and_terminates(db):
     conn = db.connect()
     w = workload_on_three_tables(conn, random.Random(SEED + 6))
