@@ -13,7 +13,7 @@ import pytest
 from conftest import PGBIN, drop_database
 from history_model import assert_verified, current_seq, transactions
 
-TABLES = ["a", "b", "c", "d", '"Mixed Case"']
+TABLES = ["a", "b", "c", "d", '"Mixed Case"', "late"]
 
 
 def _populate(conn, role):
@@ -30,6 +30,13 @@ def _populate(conn, role):
     conn.execute("CREATE TABLE gone (id int PRIMARY KEY) USING driftdb")
     conn.execute("CREATE TABLE plain_heap (id int PRIMARY KEY, v text) USING heap")
     conn.execute(f'GRANT ALL ON a, b, c, d, "Mixed Case" TO "{role}"')
+    # loaded before its key: lookups after the key was added read the key index from there on
+    conn.execute("CREATE TABLE late (id int NOT NULL, v text) USING driftdb")
+    conn.execute("INSERT INTO late SELECT g, 'l' || g FROM generate_series(1, 40) g")
+    conn.execute("ALTER TABLE late ADD PRIMARY KEY (id)")
+    conn.execute("UPDATE late SET v = 'keyed' WHERE id IN (3, 4)")
+    conn.execute("DELETE FROM late WHERE id = 5")
+    assert conn.execute("SELECT keyed_from > 0 FROM driftdb.tables WHERE relid = 'late'::regclass").fetchone() == (True,)
 
     conn.execute("INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 200) g")
     conn.execute("INSERT INTO gone VALUES (1), (2)")
@@ -73,7 +80,7 @@ def _state(conn):
         "tables::text[] FROM driftdb.transactions ORDER BY seq"
     ).fetchall()
     reg = conn.execute(
-        "SELECT table_id, relid::text, registered_seq, history_start_seq FROM driftdb.tables ORDER BY table_id"
+        "SELECT table_id, relid::text, registered_seq, history_start_seq, key_attnums, keyed_from FROM driftdb.tables ORDER BY table_id"
     ).fetchall()
     ev = conn.execute(
         "SELECT t.relid::text, e.seq, e.ord, e.op::text, e.key, e.frame FROM driftdb.events e "
@@ -85,6 +92,12 @@ def _state(conn):
     as_of = {
         (t, n): conn.execute(f"SELECT x::text FROM driftdb.as_of(NULL::{t}, %s::bigint) x ORDER BY 1", (n,)).fetchall()
         for t in TABLES for n in range(0, top + 2)
+    }
+    # key lookups and a range of the table keyed since a change (key index and live rows)
+    late = {
+        n: (conn.execute("SELECT x::text FROM driftdb.as_of(NULL::late, %s::bigint) x WHERE id IN (1, 3, 4, 5, 40) ORDER BY 1", (n,)).fetchall(),
+            conn.execute("SELECT x::text FROM driftdb.as_of(NULL::late, %s::bigint) x WHERE id BETWEEN 2 AND 6 ORDER BY 1", (n,)).fetchall())
+        for n in range(0, top + 2)
     }
     versions = {
         t: conn.execute(f"SELECT seq_start, seq_end, system_time_start::text, system_time_end::text, data::text FROM driftdb.versions(NULL::{t}) ORDER BY 1, 5").fetchall()
@@ -99,7 +112,7 @@ def _state(conn):
         "SELECT t.relid::text, s.seq, s.block, s.nrows, s.data FROM driftdb.snapshots s JOIN driftdb.tables t USING (table_id) ORDER BY 1, 2, 3"
     ).fetchall()
     return {"transactions": tx, "tables": reg, "events": ev, "rows": rows, "current_seq": top,
-            "as_of": as_of, "versions": versions, "changes": changes, "view": view, "snapshots": snaps}
+            "as_of": as_of, "late": late, "versions": versions, "changes": changes, "view": view, "snapshots": snaps}
 
 
 def _run(cmd, env_extra=None):
