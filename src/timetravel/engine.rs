@@ -111,6 +111,11 @@ impl Rows {
     }
 }
 
+/// Why a key lookup after an identity change replayed the whole state (EXPLAIN ANALYZE).
+const REPLAY_TRUNCATE: &str = "a TRUNCATE after the identity change";
+const REPLAY_SERIALIZABLE: &str = "SERIALIZABLE isolation: no second snapshot for the live rows";
+const REPLAY_NO_LIVE: &str = "the live rows could not be read by key";
+
 /// A driftdb table being read historically.
 pub struct Source {
     pub cat: Catalog,
@@ -122,8 +127,8 @@ pub struct Source {
     pub identity: Identity,
     /// The open relation (the caller keeps it open while the source is used).
     rel: pg_sys::Relation,
-    /// Set when a key lookup had to replay the whole state (`rows_for_keys_since`), for EXPLAIN.
-    pub lookup_replayed: Cell<bool>,
+    /// Why a key lookup had to replay the whole state (`rows_for_keys_since`), for EXPLAIN.
+    pub lookup_replayed: Cell<Option<&'static str>>,
 }
 
 impl Source {
@@ -131,7 +136,7 @@ impl Source {
     /// `rel` must be an open driftdb relation.
     pub unsafe fn new(cat: Catalog, rel: pg_sys::Relation) -> Source {
         let relid = (*rel).rd_id;
-        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel), rel, lookup_replayed: Cell::new(false) }
+        Source { cat, relid, info: reader::table_info(&cat, relid), identity: reader::identity_of(rel), rel, lookup_replayed: Cell::new(None) }
     }
 
     fn key_cols(&self) -> Option<Vec<u16>> {
@@ -326,18 +331,18 @@ impl Source {
     /// read of the TRUNCATEs for all the keys, then `key_state_since` for each.
     fn rows_for_keys_since(&self, keys: &[(&Vec<Value>, Vec<u8>)], seq: i64, from: i64, table_id: i32) -> Vec<Row> {
         let Some(snap) = super::live::CommittedSnapshot::take() else {
-            return self.rows_for_keys_by_replay(keys, seq);
+            return self.rows_for_keys_by_replay(keys, seq, REPLAY_SERIALIZABLE);
         };
         let truncates = reader::truncates_from(&self.cat, table_id, from);
         if truncates.iter().any(|&t| t > seq) {
-            return self.rows_for_keys_by_replay(keys, seq);
+            return self.rows_for_keys_by_replay(keys, seq, REPLAY_TRUNCATE);
         }
         keys.iter().filter_map(|(key, k)| self.key_state_since(key, k, seq, from, table_id, &snap, &truncates)).collect()
     }
 
     /// The rows with these encoded identity keys in the whole state at `seq`.
-    fn rows_for_keys_by_replay(&self, keys: &[(&Vec<Value>, Vec<u8>)], seq: i64) -> Vec<Row> {
-        self.lookup_replayed.set(true);
+    fn rows_for_keys_by_replay(&self, keys: &[(&Vec<Value>, Vec<u8>)], seq: i64, why: &'static str) -> Vec<Row> {
+        self.lookup_replayed.set(Some(why));
         let Some(cols) = self.key_cols() else { return Vec::new() };
         let wanted: std::collections::HashSet<&[u8]> = keys.iter().map(|(_, k)| &k[..]).collect();
         self.rows_at(seq).0.into_iter().filter(|r| wanted.contains(&encode_key(&r.project(&cols))[..])).collect()
@@ -422,7 +427,7 @@ impl Source {
         // keyed_lookup_at through keys_current).
         match unsafe { super::live::row_for_key(self.rel, key, snap) } {
             Ok(row) => row,
-            Err(()) => self.rows_for_keys_by_replay(&[(&key.to_vec(), k.to_vec())], seq).pop(),
+            Err(()) => self.rows_for_keys_by_replay(&[(&key.to_vec(), k.to_vec())], seq, REPLAY_NO_LIVE).pop(),
         }
     }
 
@@ -485,19 +490,19 @@ impl Source {
         let from = self.fresh_info(seq).map_or(from, |i| i.keyed_from);
         let cols = self.key_cols().unwrap_or_default();
         let in_range = |r: &Row| matches!(r.project(&cols).first(), Some(Value::Int(v)) if *v >= lo && *v <= hi);
-        let replay = || {
-            self.lookup_replayed.set(true);
+        let replay = |why: &'static str| {
+            self.lookup_replayed.set(Some(why));
             self.rows_at(seq).0.into_iter().filter(in_range).collect()
         };
-        let Some(snap) = super::live::CommittedSnapshot::take() else { return replay() };
+        let Some(snap) = super::live::CommittedSnapshot::take() else { return replay(REPLAY_SERIALIZABLE) };
         let truncates = reader::truncates_from(&self.cat, table_id, from);
         if truncates.iter().any(|&t| t > seq) {
-            return replay();
+            return replay(REPLAY_TRUNCATE);
         }
         // the live rows first (the snapshot is older than anything the history read finds)
         // SAFETY: `rel` is open (Source::new's contract); its identity is one integer column
         // (the planner offers key ranges for no other).
-        let Ok(live) = (unsafe { super::live::rows_in_int_range(self.rel, lo, hi, &snap) }) else { return replay() };
+        let Ok(live) = (unsafe { super::live::rows_in_int_range(self.rel, lo, hi, &snap) }) else { return replay(REPLAY_NO_LIVE) };
         // case 1 for the whole range at once: each key's newest seq at or below `seq`, if from
         // `from` on (an older one is filed under an earlier identity's key)
         let mut out = Vec::new();
@@ -522,7 +527,7 @@ impl Source {
             });
         }
         for k in &touched {
-            let Ok(key) = driftdb_core::decode_key(k) else { return replay() };
+            let Ok(key) = driftdb_core::decode_key(k) else { return replay(REPLAY_NO_LIVE) };
             out.extend(self.key_state_since(&key, k, seq, from, table_id, &snap, &truncates));
         }
         // case 3: the live rows of the keys nothing touched since the change (gone if a

@@ -595,12 +595,11 @@ unsafe fn compute(node: *mut pg_sys::CustomScanState) -> Vec<Row> {
 }
 
 /// What a key lookup did, for EXPLAIN: a lookup after an identity change replays the whole
-/// state when a TRUNCATE followed the point (`engine::Source::row_for_key`).
+/// state when a TRUNCATE followed the point, among others (`engine::Source::rows_for_keys`).
 fn lookup_note(src: &Source, what: String) -> String {
-    if src.lookup_replayed.get() {
-        format!("{what}, by replay of the whole state (a TRUNCATE after the identity change)")
-    } else {
-        what
+    match src.lookup_replayed.get() {
+        Some(why) => format!("{what}, by replay of the whole state ({why})"),
+        None => what,
     }
 }
 
