@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from conftest import PGBIN
-from tt_model import commit_tx
+from tt_model import StatesBySeq, commit_tx
 from history_model import (
     Model,
     assert_verified,
@@ -313,15 +313,8 @@ def test_key_lookups_after_the_key_is_added(conn, truncate, compacted):
     key-less ones are never compacted); points before the change replay. A TRUNCATE after the
     change sends lookups before it back to replay, with the same answers."""
     conn.execute("CREATE TABLE lk2 (id int NOT NULL, v text, n int) USING driftdb")
-    model: dict = {}
-    states: dict = {}
-
-    def tx(*stmts, apply):
-        seq = commit_tx(conn, *stmts)
-        assert seq is not None
-        apply(model)
-        states[seq[0]] = dict(model)
-        return seq[0]
+    h = StatesBySeq(conn)
+    tx, states = h.tx, h.states
 
     def put(rows):
         return lambda m: m.update({r[0]: r for r in rows})
@@ -466,14 +459,8 @@ def test_key_lookups_after_the_key_moves_to_a_column_with_the_same_values(conn):
     (b = 4001 - a): events before the change are filed under key bytes that now name other rows.
     Lookups, lists and ranges by b from the change on must not take them for b's events."""
     conn.execute("CREATE TABLE mv (a int PRIMARY KEY, b int NOT NULL UNIQUE, v int) USING driftdb")
-    model: dict = {}  # by b
-    states: dict = {}
-
-    def tx(*stmts, apply):
-        seq = commit_tx(conn, *stmts)[0]
-        apply(model)
-        states[seq] = dict(model)
-        return seq
+    h = StatesBySeq(conn)  # the model by b
+    tx, states = h.tx, h.states
 
     tx("INSERT INTO mv SELECT g, 4001 - g, g FROM generate_series(1, 4000) g",
        apply=lambda m: m.update({4001 - g: (g, 4001 - g, g) for g in range(1, 4001)}))

@@ -32,6 +32,7 @@ from history_model import assert_verified, current_seq, event_count, events, mp_
 from tt_model import (
     B_TEXTS,
     Mismatches,
+    StatesBySeq,
     Workload,
     as_of_rows,
     commit_tx,
@@ -1186,14 +1187,8 @@ def test_purge_after_an_identity_change(db, compacted):
     under different key bytes. A purge after that keeps the state exact from the horizon on."""
     conn = db.connect()
     conn.execute("CREATE TABLE ic (id int PRIMARY KEY, code text NOT NULL UNIQUE, v int) USING driftdb")
-    model: dict = {}
-    states: dict = {}
-
-    def tx(*stmts, apply):
-        seq = commit_tx(conn, *stmts)[0]
-        apply(model)
-        states[seq] = dict(model)
-        return seq
+    h = StatesBySeq(conn)
+    tx, states = h.tx, h.states
 
     tx("INSERT INTO ic SELECT g, 'c' || g, g FROM generate_series(1, 6) g",
        apply=lambda m: m.update({g: (f"c{g}", g) for g in range(1, 7)}))

@@ -303,6 +303,25 @@ def commit_tx(conn, *statements, params=None):
     return seq_of_xid(conn, x)
 
 
+class StatesBySeq:
+    """A test's model of a table (``model``, by identity key) and its state after each of the
+    test's committed transactions (``states``, by seq)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.model: dict = {}
+        self.states: dict = {}
+
+    def tx(self, *statements, apply):
+        """Commit ``statements`` in one transaction, apply the change to the model, and record
+        the model under the transaction's seq (which it must have)."""
+        got = commit_tx(self.conn, *statements)
+        assert got is not None, f"no seq for {statements}"
+        apply(self.model)
+        self.states[got[0]] = dict(self.model)
+        return got[0]
+
+
 def as_of_rows(conn, spec: Spec, at, kind: str = "seq") -> list:
     """Canonical rows of driftdb.as_of(NULL::t, at) (``kind``: 'seq' -> bigint, 'ts' -> timestamptz)."""
     cast = "bigint" if kind == "seq" else "timestamptz"
