@@ -115,6 +115,7 @@ impl Rows {
 const REPLAY_TRUNCATE: &str = "a TRUNCATE after the identity change";
 const REPLAY_SERIALIZABLE: &str = "SERIALIZABLE isolation: no second snapshot for the live rows";
 const REPLAY_NO_LIVE: &str = "the live rows could not be read by key";
+const REPLAY_BEFORE: &str = "the point is before the identity change";
 
 /// A driftdb table being read historically.
 pub struct Source {
@@ -296,6 +297,11 @@ impl Source {
         let keyed_from = fresh.as_ref().map_or(info.keyed_from, |i| i.keyed_from);
         let mut seen = std::collections::HashSet::new();
         let keys: Vec<(&Vec<Value>, Vec<u8>)> = keys.iter().map(|k| (k, encode_key(k))).filter(|(_, k)| seen.insert(k.clone())).collect();
+        if keyed_from > seq {
+            // the identity changed after this read was planned (not when it started: the change
+            // sends an invalidation): this point is before the new keys
+            return self.rows_for_keys_by_replay(&keys, seq, REPLAY_BEFORE);
+        }
         if keyed_from > 0 {
             return self.rows_for_keys_since(&keys, seq, keyed_from, info.table_id);
         }
@@ -494,6 +500,9 @@ impl Source {
             self.lookup_replayed.set(Some(why));
             self.rows_at(seq).0.into_iter().filter(in_range).collect()
         };
+        if from > seq {
+            return replay(REPLAY_BEFORE); // as in rows_for_keys
+        }
         let Some(snap) = super::live::CommittedSnapshot::take() else { return replay(REPLAY_SERIALIZABLE) };
         let truncates = reader::truncates_from(&self.cat, table_id, from);
         if truncates.iter().any(|&t| t > seq) {
