@@ -28,7 +28,8 @@ CREATE TABLE driftdb.tables (
                                                 -- keyed_from ('{}': REPLICA IDENTITY FULL, NULL: none)
     keys_stable       boolean NOT NULL DEFAULT true, -- false: AS OF key lookups replay. Set by earlier
                                                 -- builds at an identity change (they had no
-                                                -- keyed_from); kept so their dumps restore as they were
+                                                -- keyed_from); the next commit that writes the
+                                                -- table sets it true, with keyed_from
     retention         interval,                 -- history older than this is purged by
                                                 -- driftdb.maintain() (NULL: kept forever)
     compacted_upto    bigint NOT NULL DEFAULT 0, -- every compactable event <= this is in a segment

@@ -810,12 +810,16 @@ unsafe fn identity_attnums(relid: pg_sys::Oid) -> Option<Vec<i16>> {
 /// (`timetravel::engine::Source::row_for_key`); earlier points replay.
 unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid, seq: i64) {
     let current = identity_attnums(relid);
+    // the recorded identity is the current one, and trusted (`keys_stable` false: written by a
+    // build before `keyed_from`, e.g. restored from its dump — recorded here afresh, with this
+    // commit as `keyed_from`: every event from it on is encoded under the current identity)
     let same = |cat: &Catalog| {
         let mut same = true;
         let keys = [(2, pg_sys::BTEqualStrategyNumber as u16, pg_sys::F_OIDEQ, pg_sys::Datum::from(relid))];
         catalog::scan(cat.tables, cat.tables_relid_idx, &keys, catalog::snapshot_self(), Order::Any, pg_sys::AccessShareLock, |tup, rel| {
             let recorded: Option<Vec<i16>> = catalog::attr(tup, rel, 5).and_then(|d| Vec::<i16>::from_datum(d, false));
-            same = recorded == current;
+            let stable = catalog::attr(tup, rel, 6).is_none_or(|d| d.value() != 0);
+            same = stable && recorded == current;
             false
         });
         same
@@ -841,12 +845,14 @@ unsafe fn check_keys(cat: &Catalog, relid: pg_sys::Oid, seq: i64) {
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![false; natts];
         let mut repl = vec![false; natts];
-        // key_attnums (column 5) and keyed_from (column 11)
+        // key_attnums (column 5), keys_stable (6) and keyed_from (11)
         match current.clone().into_datum() {
             Some(d) => values[4] = d,
             None => nulls[4] = true,
         }
         repl[4] = true;
+        values[5] = pg_sys::Datum::from(true); // keys_stable
+        repl[5] = true;
         values[10] = seq.into_datum().unwrap();
         repl[10] = true;
         let newtup = pg_sys::heap_modify_tuple(tup, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr(), repl.as_mut_ptr());

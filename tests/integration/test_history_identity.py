@@ -496,3 +496,33 @@ def test_key_lookups_after_the_key_moves_to_a_column_with_the_same_values(conn):
     assert _plan_read(conn, q, (max(states),)).startswith("identity key range [1, 12] (key index)")
     assert _plan_read(conn, q, (before,)).startswith("state at seq")
     assert_verified(conn, "mv")
+
+
+def test_a_table_an_earlier_build_marked_unstable_is_keyed_again_at_its_next_write(db):
+    """Builds before keyed_from marked a table whose identity changed `keys_stable = false`
+    for good (its dumps restore it so). The next commit that writes the table records the
+    current identity with that commit as keyed_from: from there on key lookups use the key
+    index again, earlier points replay, every answer the same."""
+    conn = db.connect()
+    conn.execute("CREATE TABLE lkl (id int NOT NULL, v text) USING driftdb")
+    loaded = commit_tx(conn, "INSERT INTO lkl SELECT g, 'v' || g FROM generate_series(1, 300) g")[0]
+    conn.execute("ALTER TABLE lkl ADD PRIMARY KEY (id)")
+    s1 = commit_tx(conn, "UPDATE lkl SET v = 'one' WHERE id = 1")[0]
+    # what such a build left: the identity as registered (none), keys unstable, no keyed_from
+    conn.execute("SET driftdb.restore_mode = on")
+    conn.execute("UPDATE driftdb.tables SET key_attnums = NULL, keys_stable = false, keyed_from = 0 WHERE relid = 'lkl'::regclass")
+    conn.execute("RESET driftdb.restore_mode")
+    q = "SELECT id, v FROM driftdb.as_of(NULL::lkl, %s::bigint) WHERE id IN (1, 2) ORDER BY id"
+    fresh = db.connect()  # a backend that never cached the registration
+    assert _plan_read(fresh, q, (s1,)).startswith("state at seq")
+    assert fresh.execute(q, (s1,)).fetchall() == [(1, "one"), (2, "v2")]
+    s2 = commit_tx(db.connect(), "UPDATE lkl SET v = 'two' WHERE id = 2")[0]
+    reader = db.connect()
+    assert reader.execute("SELECT keys_stable, key_attnums, keyed_from FROM driftdb.tables WHERE relid = 'lkl'::regclass") \
+        .fetchone() == (True, [1], s2)
+    expected = {loaded: [(1, "v1"), (2, "v2")], s1: [(1, "one"), (2, "v2")], s2: [(1, "one"), (2, "two")]}
+    for s, rows in expected.items():
+        assert reader.execute(q, (s,)).fetchall() == rows, s
+    assert _plan_read(reader, q, (s2,)) == "identity key lookups: 2 keys"
+    assert _plan_read(reader, q, (s1,)).startswith("state at seq")
+    assert_verified(reader, "lkl")
