@@ -170,11 +170,20 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, refuse_keyles
     if horizon <= start || horizon == 0 {
         return out;
     }
-    // rows recorded without a key before the horizon: found here without reading every event
-    // (the maintenance round asks every time)
-    if !refuse_keyless && reader::keyless_rows_upto(cat, table_id, horizon) {
-        out.keyless = true;
-        return out;
+    // rows recorded without a key before the horizon, found without reading every event (the
+    // maintenance round asks every time)
+    if reader::keyless_rows_upto(cat, table_id, horizon) {
+        if !refuse_keyless {
+            out.keyless = true;
+            return out;
+        }
+        DriftError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("cannot purge the history of table \"{name}\": some of its rows were recorded without a row identity"),
+        )
+        .detail("Rows written while the table had no primary key or replica identity cannot be told apart in history, so which of them were still current at the horizon is not known.")
+        .hint("History that holds such rows is kept whole. A table loaded before its primary key was added can start a purgeable history as a copy: CREATE TABLE ... (LIKE ...) USING driftdb, then INSERT ... SELECT.")
+        .raise();
     }
     let mut progress = Progress::new(format!("driftdb.purge_history({name})"));
     // the digest of everything up to the horizon: the anchor later digests start from
@@ -182,7 +191,6 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, refuse_keyles
     // per key, the newest event at or below the horizon; and the TRUNCATEs
     let mut latest: HashMap<Vec<u8>, (i64, i32, u8)> = HashMap::new();
     let mut truncates: Vec<i64> = Vec::new();
-    let mut keyless = false;
     super::for_each_event(cat, table_id, i64::MIN, horizon, catalog::snapshot_self(), true, |seq, ord, op, key, _| {
         match (op, key) {
             (b't', _) => truncates.push(seq),
@@ -195,24 +203,11 @@ pub fn purge_table(cat: &Catalog, relid: pg_sys::Oid, before: i64, refuse_keyles
                     latest.insert(k.to_vec(), (seq, ord, op));
                 }
             }
-            (_, None) => keyless = true,
+            (_, None) => {} // none: checked above
         }
         progress.tick(0.3 * seq.max(0) as f64 / horizon as f64, || format!("{} keys read", latest.len()));
         true
     });
-    if keyless && !refuse_keyless {
-        out.keyless = true;
-        return out;
-    }
-    if keyless {
-        DriftError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot purge the history of table \"{name}\": some of its rows were recorded without a row identity"),
-        )
-        .detail("Rows written while the table had no primary key or replica identity cannot be told apart in history, so which of them were still current at the horizon is not known.")
-        .hint("History that holds such rows is kept whole. A table loaded before its primary key was added can start a purgeable history as a copy: CREATE TABLE ... (LIKE ...) USING driftdb, then INSERT ... SELECT.")
-        .raise();
-    }
     let last_truncate = truncates.last().copied();
     // survivors: the newest event per key, if it left the row in place and no TRUNCATE followed
     // (a TRUNCATE comes first in its transaction: rows written in its seq survive it)
