@@ -1022,6 +1022,29 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
     (packed, npacked)
 }
 
+/// A build-time cut for the ceiling experiment (`benches/sql/ceiling.sh`): built with
+/// `DRIFTDB_CEILING=<step>`, the pre-commit stops after that step and stores less than the
+/// full history (`capture`: nothing read; `encode`: images read and encoded; `stamp`: plus the
+/// seq, time, table ids and frames; `commit_row`: plus the `driftdb.commits` row;
+/// `events_heap`: plus the event rows without index entries; `events_pkey`: with their
+/// `events_pkey` entries but not their `events_key` ones). Such a build loses history and exists only to measure what each
+/// step of the commit costs; a normal build has the empty string here, and every test checks
+/// its history.
+pub const CEILING: &str = match option_env!("DRIFTDB_CEILING") {
+    Some(s) => s,
+    None => "",
+};
+
+const _: () = assert!(
+    matches!(CEILING.as_bytes(), b"" | b"capture" | b"encode" | b"stamp" | b"commit_row" | b"events_heap" | b"events_pkey"),
+    "DRIFTDB_CEILING must be one of capture, encode, stamp, commit_row, events_heap, events_pkey"
+);
+
+/// Whether a ceiling build stops at `step` (see [`CEILING`]).
+fn ceiling_at(step: &str) -> bool {
+    !CEILING.is_empty() && CEILING == step
+}
+
 /// Pre-commit: write this transaction's history.
 unsafe fn flush() {
     if POISONED.with(|p| p.get()) {
@@ -1033,6 +1056,9 @@ unsafe fn flush() {
     let mut changes = TXBUF.with(|b| b.borrow_mut().drain());
     let notes: Vec<_> = SCHEMA_NOTES.with(|n| std::mem::take(&mut *n.borrow_mut()));
     if changes.is_empty() && notes.is_empty() {
+        return;
+    }
+    if ceiling_at("capture") {
         return;
     }
     // declared before every local that pallocs, so dropped after them
@@ -1086,6 +1112,9 @@ unsafe fn flush() {
         assert!(stamped.is_none(), "driftdb: a bulk load's inserts netted to nothing");
         return;
     }
+    if ceiling_at("encode") {
+        return;
+    }
     let (seq, ts) = stamped.unwrap_or_else(|| stamp(&cat));
 
     let mut ids: HashMap<pg_sys::Oid, i32> = HashMap::new();
@@ -1102,6 +1131,28 @@ unsafe fn flush() {
     // table's row events go into packs instead (history/packs.rs)
     let (packed, npacked) = choose_packs(&mut pending);
     let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key().is_some()).count();
+    if ceiling_at("stamp") || ceiling_at("commit_row") {
+        // the frames are built, and not stored (see CEILING)
+        let mut frame = Vec::with_capacity(256);
+        let mut run = 0usize;
+        for (ord, item) in pending.items.iter().enumerate() {
+            while pending.runs[run].1 <= ord {
+                run += 1;
+            }
+            let id = ids[&pending.runs[run].0];
+            encode_frame_from_tail(seq as u64, ts, id as u32, item.op, &pending.bytes[item.tail()], &mut frame);
+            std::hint::black_box(&frame);
+        }
+        if ceiling_at("commit_row") {
+            write_commit(&cat, seq, ts, table_ids);
+        }
+        return;
+    }
+    if ceiling_at("events_heap") || ceiling_at("events_pkey") {
+        ceiling_events(&cat, &pending, &ids, seq, ts, ceiling_at("events_pkey"));
+        write_commit(&cat, seq, ts, table_ids);
+        return;
+    }
     let mut w = BatchWriter::open(cat.events, rows);
     let mut pw: Option<PackWriter> = None;
     let mut pw_table: Option<usize> = None;
@@ -1161,6 +1212,46 @@ unsafe fn flush() {
         pw.finish();
     }
     write_commit(&cat, seq, ts, table_ids);
+}
+
+/// The `events_heap` and `events_pkey` ceiling steps (see [`CEILING`]): each event as a
+/// `driftdb.events` row with no index entry, or with its `events_pkey` entry only. Only the
+/// plain event rows single-row transactions write (no packs, no moved-key markers).
+unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys::Oid, i32>, seq: i64, ts: i64, pkey: bool) {
+    let rel = pg_sys::table_open(cat.events, pg_sys::RowExclusiveLock as i32);
+    let idx = if pkey { pg_sys::index_open(cat.events_pkey, pg_sys::RowExclusiveLock as i32) } else { std::ptr::null_mut() };
+    let info = if pkey { pg_sys::BuildIndexInfo(idx) } else { std::ptr::null_mut() };
+    let mut frame = Vec::with_capacity(256);
+    let mut run = 0usize;
+    for (ord, item) in pending.items.iter().enumerate() {
+        while pending.runs[run].1 <= ord {
+            run += 1;
+        }
+        let id = ids[&pending.runs[run].0];
+        encode_frame_from_tail(seq as u64, ts, id as u32, item.op, &pending.bytes[item.tail()], &mut frame);
+        let key = pending.slice(&item.key());
+        let mut values = [
+            id.into_datum().unwrap(),
+            seq.into_datum().unwrap(),
+            (2 * ord as i32).into_datum().unwrap(),
+            pg_sys::Datum::from(b'u' as usize),
+            key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
+            frame.as_slice().into_datum().unwrap(),
+        ];
+        let mut nulls = [false, false, false, false, key.is_none(), false];
+        let tup = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(rel, tup);
+        if pkey {
+            let mut iv = [values[0], values[1], values[2]];
+            let mut inull = [false; 3];
+            pg_sys::index_insert(idx, iv.as_mut_ptr(), inull.as_mut_ptr(), &mut (*tup).t_self, rel, pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES, false, info);
+        }
+        pg_sys::heap_freetuple(tup);
+    }
+    if pkey {
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    }
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
 }
 
 /// The transaction's `driftdb.commits` row.

@@ -37,6 +37,13 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    if !commit::CEILING.is_empty() {
+        // a measuring build (benches/sql/ceiling.sh) must never pass for a working one
+        pgrx::warning!(
+            "this driftdb.so was built with DRIFTDB_CEILING={} for benchmarks: it does not record history",
+            commit::CEILING
+        );
+    }
     packs::init();
     commit::register_callbacks();
     codec::register_type_invalidation();
