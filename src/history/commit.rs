@@ -1131,26 +1131,17 @@ unsafe fn flush() {
     // table's row events go into packs instead (history/packs.rs)
     let (packed, npacked) = choose_packs(&mut pending);
     let rows = pending.items.len() - npacked + pending.items.iter().filter(|it| it.old_key().is_some()).count();
-    if ceiling_at("stamp") || ceiling_at("commit_row") {
-        // the frames are built, and not stored (see CEILING)
-        let mut frame = Vec::with_capacity(256);
-        let mut run = 0usize;
-        for (ord, item) in pending.items.iter().enumerate() {
-            while pending.runs[run].1 <= ord {
-                run += 1;
-            }
-            let id = ids[&pending.runs[run].0];
-            encode_frame_from_tail(seq as u64, ts, id as u32, item.op, &pending.bytes[item.tail()], &mut frame);
-            std::hint::black_box(&frame);
-        }
-        if ceiling_at("commit_row") {
+    if !CEILING.is_empty() {
+        // a ceiling build: the frames are built, and stored only as far as its step says
+        let store = match CEILING {
+            "events_heap" => Some(false),
+            "events_pkey" => Some(true),
+            _ => None,
+        };
+        ceiling_events(&cat, &pending, &ids, seq, ts, store);
+        if !ceiling_at("stamp") {
             write_commit(&cat, seq, ts, table_ids);
         }
-        return;
-    }
-    if ceiling_at("events_heap") || ceiling_at("events_pkey") {
-        ceiling_events(&cat, &pending, &ids, seq, ts, ceiling_at("events_pkey"));
-        write_commit(&cat, seq, ts, table_ids);
         return;
     }
     let mut w = BatchWriter::open(cat.events, rows);
@@ -1214,11 +1205,13 @@ unsafe fn flush() {
     write_commit(&cat, seq, ts, table_ids);
 }
 
-/// The `events_heap` and `events_pkey` ceiling steps (see [`CEILING`]): each event as a
-/// `driftdb.events` row with no index entry, or with its `events_pkey` entry only. Only the
-/// plain event rows single-row transactions write (no packs, no moved-key markers).
-unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys::Oid, i32>, seq: i64, ts: i64, pkey: bool) {
-    let rel = pg_sys::table_open(cat.events, pg_sys::RowExclusiveLock as i32);
+/// The ceiling steps' events (see [`CEILING`]): each event's frame is built; with `store`, it
+/// is written as a `driftdb.events` row with no index entry (`Some(false)`, `events_heap`) or
+/// with its `events_pkey` entry only (`Some(true)`). Only the plain event rows single-row
+/// transactions write (no packs, no moved-key markers).
+unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys::Oid, i32>, seq: i64, ts: i64, store: Option<bool>) {
+    let pkey = store == Some(true);
+    let rel = if store.is_some() { pg_sys::table_open(cat.events, pg_sys::RowExclusiveLock as i32) } else { std::ptr::null_mut() };
     let idx = if pkey { pg_sys::index_open(cat.events_pkey, pg_sys::RowExclusiveLock as i32) } else { std::ptr::null_mut() };
     let info = if pkey { pg_sys::BuildIndexInfo(idx) } else { std::ptr::null_mut() };
     let mut frame = Vec::with_capacity(256);
@@ -1229,6 +1222,10 @@ unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys:
         }
         let id = ids[&pending.runs[run].0];
         encode_frame_from_tail(seq as u64, ts, id as u32, item.op, &pending.bytes[item.tail()], &mut frame);
+        if store.is_none() {
+            std::hint::black_box(&frame);
+            continue;
+        }
         let key = pending.slice(&item.key());
         let mut values = [
             id.into_datum().unwrap(),
@@ -1251,7 +1248,9 @@ unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys:
     if pkey {
         pg_sys::index_close(idx, pg_sys::NoLock as i32);
     }
-    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    if store.is_some() {
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    }
 }
 
 /// The transaction's `driftdb.commits` row.
