@@ -1027,9 +1027,9 @@ fn choose_packs(pending: &mut Pending) -> (Vec<bool>, usize) {
 /// full history (`capture`: nothing read; `encode`: images read and encoded; `stamp`: plus the
 /// seq, time, table ids and frames; `commit_row`: plus the `driftdb.commits` row;
 /// `events_heap`: plus the event rows without index entries; `events_pkey`: with their
-/// `events_pkey` entries but not their `events_key` ones). Such a build loses history and exists only to measure what each
-/// step of the commit costs; a normal build has the empty string here, and every test checks
-/// its history.
+/// `events_pkey` entries but not their `events_key` ones). Such a build loses history and
+/// exists only to measure what each step of the commit costs; a normal build has the empty
+/// string here, and every test checks its history.
 pub const CEILING: &str = match option_env!("DRIFTDB_CEILING") {
     Some(s) => s,
     None => "",
@@ -1209,6 +1209,11 @@ unsafe fn flush() {
 /// is written as a `driftdb.events` row with no index entry (`Some(false)`, `events_heap`) or
 /// with its `events_pkey` entry only (`Some(true)`). Only the plain event rows single-row
 /// transactions write (no packs, no moved-key markers).
+///
+/// # Safety
+/// At pre-commit, as `flush`: `cat` is this database's catalog, so the tuple formed from six
+/// datums matches `driftdb.events`' six columns, and the pkey's three key columns are its first
+/// three; the relations are opened and closed here.
 unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys::Oid, i32>, seq: i64, ts: i64, store: Option<bool>) {
     let pkey = store == Some(true);
     let rel = if store.is_some() { pg_sys::table_open(cat.events, pg_sys::RowExclusiveLock as i32) } else { std::ptr::null_mut() };
@@ -1231,7 +1236,13 @@ unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys:
             id.into_datum().unwrap(),
             seq.into_datum().unwrap(),
             (2 * ord as i32).into_datum().unwrap(),
-            pg_sys::Datum::from(b'u' as usize),
+            pg_sys::Datum::from(match item.op {
+                Op::Insert => b'i',
+                Op::Update => b'u',
+                Op::Delete => b'd',
+                Op::Truncate => b't',
+                Op::Schema => b's',
+            } as usize),
             key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
             frame.as_slice().into_datum().unwrap(),
         ];
