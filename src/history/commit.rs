@@ -1042,7 +1042,7 @@ const _: () = assert!(
 
 /// Whether a ceiling build stops at `step` (see [`CEILING`]).
 fn ceiling_at(step: &str) -> bool {
-    !CEILING.is_empty() && CEILING == step
+    CEILING == step
 }
 
 /// Pre-commit: write this transaction's history.
@@ -1156,13 +1156,7 @@ unsafe fn flush() {
         let rel = pending.runs[run].0;
         let id = ids[&rel];
         let op = item.op;
-        let op_char = match op {
-            Op::Insert => b'i',
-            Op::Update => b'u',
-            Op::Delete => b'd',
-            Op::Truncate => b't',
-            Op::Schema => b's',
-        };
+        let op_char = op_char(op);
         // a packed event is stored as its tail: the pack rebuilds its frame (driftdb_core::pack)
         if let (true, Some(key)) = (packed[run], pending.slice(&item.key())) {
             let pw = pw.get_or_insert_with(|| PackWriter::open(&cat, npacked));
@@ -1205,6 +1199,17 @@ unsafe fn flush() {
     write_commit(&cat, seq, ts, table_ids);
 }
 
+/// An event's `driftdb.events.op` (the row kinds; `'m'`, a moved key's marker, is not an event's).
+fn op_char(op: Op) -> u8 {
+    match op {
+        Op::Insert => b'i',
+        Op::Update => b'u',
+        Op::Delete => b'd',
+        Op::Truncate => b't',
+        Op::Schema => b's',
+    }
+}
+
 /// The ceiling steps' events (see [`CEILING`]): each event's frame is built; with `store`, it
 /// is written as a `driftdb.events` row with no index entry (`Some(false)`, `events_heap`) or
 /// with its `events_pkey` entry only (`Some(true)`). Only the plain event rows single-row
@@ -1236,13 +1241,7 @@ unsafe fn ceiling_events(cat: &Catalog, pending: &Pending, ids: &HashMap<pg_sys:
             id.into_datum().unwrap(),
             seq.into_datum().unwrap(),
             (2 * ord as i32).into_datum().unwrap(),
-            pg_sys::Datum::from(match item.op {
-                Op::Insert => b'i',
-                Op::Update => b'u',
-                Op::Delete => b'd',
-                Op::Truncate => b't',
-                Op::Schema => b's',
-            } as usize),
+            pg_sys::Datum::from(op_char(item.op) as usize),
             key.map(|k| k.into_datum().unwrap()).unwrap_or(pg_sys::Datum::from(0usize)),
             frame.as_slice().into_datum().unwrap(),
         ];
